@@ -1,16 +1,94 @@
-"""Placeholder for `statusbatch run` / `validate` / `backfill`."""
+"""`statusbatch run` and `statusbatch validate` (SPEC §6): exit 0 ok, 1 run failed, 2 bad input or config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import click
 
+from statusbatch.config import ConfigError, JobConfig, load_job
+from statusbatch.loading import InputError, load_inputs
+from statusbatch.pipeline import AsOf, RunFailed, default_as_of, dnc_rules, parse_as_of, run_job
+from statusbatch.progress import Reporter
+from statusbatch.publish.store import DatabaseLockedError
+
+__all__ = ["run", "validate", "backfill", "fail", "load_config"]
+
+
+def fail(message: str, code: int) -> None:
+    """One line on stderr, then the exit code: never a traceback for a known problem."""
+    click.echo(f"statusbatch: {message}", err=True)
+    sys.exit(code)
+
+
+def load_config(job_file: str, input_dir: str | None, db: str | None = None, parquet: str | None = None) -> JobConfig:
+    try:
+        config = load_job(Path(job_file))
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    return config.with_overrides(
+        input=Path(input_dir) if input_dir else None,
+        db=Path(db) if db else None,
+        parquet=Path(parquet) if parquet else None,
+    )
+
+
+def _as_of(value: str | None) -> AsOf:
+    if value is None:
+        return default_as_of()
+    try:
+        return parse_as_of(value)
+    except ValueError:
+        fail(f"--as-of: expected a date YYYY-MM-DD or an ISO-8601 timestamp, got {value!r}", 2)
+
+
 
 @click.command("run")
-def run() -> None:
-    raise click.ClickException("not implemented yet")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--as-of", "as_of", help="Date (end of that UTC day) or ISO timestamp; default yesterday (UTC).")
+@click.option("--input", "input_dir", type=click.Path(file_okay=False), help="Input directory (overrides the job file).")
+@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB file (overrides the job file).")
+@click.option("--parquet", type=click.Path(file_okay=False), help="Also write every table as Parquet here.")
+@click.option("--lock-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0), help="Seconds to wait for a database held by another process.")
+@click.option("--quiet", is_flag=True, help="No progress and no log lines.")
+def run(job_file: str, as_of: str | None, input_dir: str | None, db: str | None, parquet: str | None, lock_timeout: float, quiet: bool) -> None:
+    """Recompute every status as of a date and publish the result tables."""
+    config = load_config(job_file, input_dir, db, parquet)
+    when = _as_of(as_of)
+    reporter = Reporter(quiet=quiet)
+    reporter.log(f"statusbatch run {config.path.name} as of {when.instant.isoformat()} → {config.job.db}")
+    try:
+        summary = run_job(config, when, reporter, lock_timeout=lock_timeout)
+    except (InputError, ConfigError) as exc:
+        fail(str(exc), 2)
+    except DatabaseLockedError as exc:
+        fail(str(exc), 1)
+    except RunFailed as exc:
+        fail(f"run failed: {exc}", 1)
+    rows = ", ".join(f"{name} {count}" for name, count in summary.rows.items())
+    reporter.log(f"published as_of {summary.as_of.day} (run {summary.run_id}): {rows}")
 
 
 @click.command("validate")
-def validate() -> None:
-    raise click.ClickException("not implemented yet")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--input", "input_dir", type=click.Path(file_okay=False), help="Input directory (overrides the job file).")
+def validate(job_file: str, input_dir: str | None) -> None:
+    """Check the job file and the inputs without writing anything."""
+    config = load_config(job_file, input_dir)
+    try:
+        inputs = load_inputs(config.job.input)
+        dnc_rules(config, inputs.people)
+    except (InputError, ConfigError) as exc:
+        fail(str(exc), 2)
+    for source_table, read, accepted, rejected in inputs.run_inputs.iter_rows():  # noqa: rows-ok (one row per input table)
+        click.echo(f"{source_table}: {read} read, {accepted} accepted, {rejected} rejected")
+    shown = inputs.rejected_rows.head(20)
+    for source_table, row_number, column, problem, _raw in shown.iter_rows():  # noqa: rows-ok (at most 20 rows shown)
+        click.echo(f"  {source_table} row {row_number}, {column}: {problem}")
+    if inputs.rejected_rows.height > shown.height:
+        click.echo(f"  … and {inputs.rejected_rows.height - shown.height} more rejected rows")
+    click.echo(f"{config.path.name}: configuration ok, {len(config.do_not_contact)} do_not_contact rules compiled")
 
 
 @click.command("backfill")

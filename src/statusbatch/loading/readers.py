@@ -1,0 +1,55 @@
+"""Finding and reading input files (SPEC §1, §7.5) without interpreting values.
+
+CSV is read with every column as text so that a bad value becomes a rejected
+row rather than a failed read; Parquet keeps its own types and is coerced later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from statusbatch.loading.contract import InputTable
+from statusbatch.loading.errors import InputError
+
+__all__ = ["find_input_file", "read_table_file"]
+
+_SUFFIXES = (".csv", ".csv.gz", ".parquet")
+
+
+def find_input_file(input_dir: Path, table: InputTable) -> Path | None:
+    """The one file holding `table`, or None when an optional table is absent."""
+    if not input_dir.is_dir():
+        raise InputError(f"{input_dir}: input directory not found")
+    found = [input_dir / f"{table.name}{s}" for s in _SUFFIXES if (input_dir / f"{table.name}{s}").is_file()]
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise InputError(f"{input_dir}: two files for table '{table.name}' ({names}); keep one")
+    if not found:
+        if table.optional_file:
+            return None
+        raise InputError(f"{input_dir / (table.name + '.csv')}: missing input file for table '{table.name}'")
+    return found[0]
+
+
+def read_table_file(path: Path, table: InputTable) -> pl.DataFrame:
+    """The file's rows with the contract's required columns checked to be present."""
+    try:
+        if path.name.endswith(".parquet"):
+            frame = pl.read_parquet(path)
+        else:
+            frame = pl.read_csv(
+                path,
+                infer_schema=False,
+                has_header=True,
+                raise_if_empty=False,
+                truncate_ragged_lines=False,
+            )
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: unreadable file ({first_line})") from exc
+    missing = [c for c in table.required_columns if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing required column '{missing[0]}'")
+    return frame

@@ -1,0 +1,80 @@
+"""Per-table checks beyond the contract's types: event scopes and values, references."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from statusbatch import codes
+from statusbatch.loading.quarantine import Check, parse_date, typed
+
+__all__ = ["event_code_checks", "reference_check", "participant_reference_check", "SEQUENCE_STATUS_VALUES"]
+
+SEQUENCE_FLAGS: tuple[str, ...] = (
+    "contacted",
+    "opened",
+    "clicked",
+    "replied",
+    "auto_replied",
+    "to_call",
+    "called",
+)
+SEQUENCE_STATUS_VALUES: tuple[str, ...] = codes.SEQUENCE_STATUSES + SEQUENCE_FLAGS
+"""What a manual `status_set` / `status_removed` may name (SPEC §3.3)."""
+
+
+def event_code_checks() -> list[Check]:
+    """Scope and value rules of SPEC §1.1: the event must carry what its type needs."""
+    event_type = typed("event_type")
+    value = typed("value")
+    study_scoped = event_type.is_in(codes.STUDY_SCOPED_EVENTS)
+    sequence_scoped = event_type.is_in(codes.SEQUENCE_SCOPED_EVENTS)
+    needs_value = event_type.is_in(("participant_status", "cooldown_set", "status_set", "status_removed"))
+    return [
+        Check("study_id", study_scoped & typed("study_id").is_null(), pl.format("a {} event needs a study_id", event_type)),
+        Check(
+            "sequence_id",
+            sequence_scoped & typed("sequence_id").is_null(),
+            pl.format("a {} event needs a sequence_id", event_type),
+        ),
+        Check("value", needs_value & value.is_null(), pl.format("a {} event needs a value", event_type)),
+        Check(
+            "value",
+            (event_type == "participant_status") & ~value.is_in(codes.PARTICIPANT_STATUSES),
+            pl.format("unknown participant_status code '{}'", value),
+        ),
+        Check(
+            "value",
+            (event_type == "cooldown_set") & parse_date(value).is_null(),
+            pl.format("not a valid date (YYYY-MM-DD) for cooldown_set: '{}'", value),
+        ),
+        Check(
+            "value",
+            event_type.is_in(("status_set", "status_removed")) & ~value.is_in(SEQUENCE_STATUS_VALUES),
+            pl.format("unknown sequence status or flag '{}'", value),
+        ),
+        Check(
+            "channel",
+            (event_type == "replied") & typed("channel").is_not_null() & ~typed("channel").is_in(("email", "sms")),
+            pl.format("a replied event comes by email or sms, not '{}'", typed("channel")),
+        ),
+    ]
+
+
+def reference_check(column: str, known: pl.Series, what: str) -> Check:
+    """`column`, when not null, must name an accepted row of another table."""
+    value = typed(column)
+    return Check(
+        column,
+        value.is_not_null() & ~value.is_in(known.implode()),
+        pl.format("unknown {} '{}'", pl.lit(what), value),
+    )
+
+
+def participant_reference_check(known_pairs: pl.Series) -> Check:
+    """A participant_status event needs the participant it changes."""
+    pair = pl.concat_str(typed("study_id"), typed("person_id"), separator="\x1f")
+    return Check(
+        "study_id",
+        (typed("event_type") == "participant_status") & ~pair.is_in(known_pairs.implode()),
+        pl.format("no participant for study '{}' and person '{}'", typed("study_id"), typed("person_id")),
+    )

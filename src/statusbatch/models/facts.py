@@ -1,0 +1,33 @@
+"""What exists at an instant T (SPEC §7.4), and the total order of facts (§7.1)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+__all__ = ["people_as_of", "participants_as_of", "events_as_of", "tie", "FACT_ORDER"]
+
+FACT_ORDER = ("at", "tie")
+"""Facts are ordered by time, then event id; an export row (no event id) comes first."""
+
+
+def tie(event_id: pl.Expr) -> pl.Expr:
+    """Tie-breaker at one instant: the larger event id is later, an export row is earliest."""
+    return event_id.fill_null("")
+
+
+def people_as_of(people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    return people.filter(pl.col("created_at") <= as_of)
+
+
+def participants_as_of(participants: pl.LazyFrame, people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    """Participants added by T, of people who exist at T."""
+    return participants.filter(pl.col("added_at") <= as_of).join(
+        people.select("person_id"), on="person_id", how="semi"
+    )
+
+
+def events_as_of(events: pl.LazyFrame, people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    """Events that happened by T, of people who exist at T."""
+    return events.filter(pl.col("occurred_at") <= as_of).join(people.select("person_id"), on="person_id", how="semi")

@@ -1,0 +1,188 @@
+"""Wiring: inputs → models → published tables. No rule lives here, only the order of things."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+import polars as pl
+
+from statusbatch import __version__
+from statusbatch.config import JobConfig
+from statusbatch.config.conditions import compile_condition, condition_schema
+from statusbatch.loading import Inputs, load_inputs
+from statusbatch.models import contact, facts, participants
+from statusbatch.progress import Reporter
+from statusbatch.publish.parquet import export_parquet
+from statusbatch.publish.store import RunRecord, open_database, previous_statuses, publish, record_run
+from statusbatch.validation import OUTPUT_SCHEMAS, validate_tables
+
+__all__ = ["AsOf", "parse_as_of", "default_as_of", "compute_tables", "published_form", "run_job", "RunFailed"]
+
+
+@dataclass(frozen=True)
+class AsOf:
+    """The run's instant T and its date (the `as_of` column)."""
+
+    instant: datetime
+    day: date
+
+
+def parse_as_of(text: str) -> AsOf:
+    """A date means the end of that UTC day; a full timestamp is taken as given (naive = UTC)."""
+    text = text.strip()
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        instant = instant.replace(tzinfo=UTC) if instant.tzinfo is None else instant.astimezone(UTC)
+        return AsOf(instant, instant.date())
+    return AsOf(datetime.combine(day, time.max, tzinfo=UTC), day)
+
+
+def default_as_of(now: datetime | None = None) -> AsOf:
+    """Yesterday (UTC): the last complete day."""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    return parse_as_of((today - timedelta(days=1)).isoformat())
+
+
+class RunFailed(Exception):
+    """The run failed after its inputs were read; it is recorded in `runs` when the database opens."""
+
+
+def dnc_rules(config: JobConfig, people: pl.DataFrame) -> dict[str, pl.Expr]:
+    """Compile every do_not_contact rule against the people export; a bad rule is a ConfigError."""
+    schema = condition_schema(people)
+    return {
+        rule.name: compile_condition(rule.name, rule.when, schema).alias(rule.name) for rule in config.do_not_contact
+    }
+
+
+def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[str, pl.Expr]) -> dict[str, pl.LazyFrame]:
+    """Every result table as a lazy query over the accepted inputs, as of T."""
+    t = as_of.instant
+    people = facts.people_as_of(inputs.people.lazy(), t)
+    studies = inputs.studies.lazy()
+    members = facts.participants_as_of(inputs.participants.lazy(), people, t)
+    events = facts.events_as_of(inputs.events.lazy(), people, t)
+
+    observations = participants.participant_observations(members, events, t)
+    participant_status = participants.participant_status(members, observations)
+    starts = contact.cooldown_starts(events, observations, config.cooldown)
+    cooldowns = contact.cooldowns(starts, t, as_of.day)
+    opt_outs = contact.opt_out_changes(events, observations)
+    contact_status = contact.contact_status(
+        people,
+        contact.opted_out(opt_outs),
+        contact.blocklist(events, observations, config.blocklist.no_show_threshold),
+        contact.active_studies(participant_status, studies, t),
+        contact.do_not_contact(people, events, rules),
+        cooldowns,
+    )
+    return {
+        "contact_status": contact_status,
+        "participant_status": participant_status,
+        "study_progress": participants.study_progress(studies, participant_status, observations, t),
+        "cooldowns": cooldowns,
+    }
+
+
+def published_form(frame: pl.DataFrame, as_of: date | None) -> pl.DataFrame:
+    """Codes as text, instants as naive UTC, `as_of` first: what DuckDB stores and analysts read."""
+    casts = []
+    for name, dtype in frame.schema.items():
+        if isinstance(dtype, (pl.Enum, pl.Categorical)):
+            casts.append(pl.col(name).cast(pl.String))
+        elif isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+            casts.append(pl.col(name).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
+    frame = frame.with_columns(casts) if casts else frame
+    if as_of is None:
+        return frame
+    return frame.select(pl.lit(as_of, dtype=pl.Date).alias("as_of"), pl.exclude("as_of"))
+
+
+def status_changes(contact_status: pl.DataFrame, previous: pl.DataFrame, as_of: date) -> pl.DataFrame:
+    """People whose status differs from the previous earlier-dated run (first appearances included)."""
+    return (
+        contact_status.select("person_id", "contact_status")
+        .join(previous, on="person_id", how="left")
+        .filter(pl.col("previous_status").is_null() | (pl.col("previous_status") != pl.col("contact_status")))
+        .select(pl.lit(as_of, dtype=pl.Date).alias("as_of"), "person_id", "previous_status", "contact_status")
+        .sort("person_id")
+    )
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    as_of: AsOf
+    rows: dict[str, int]
+    run_inputs: pl.DataFrame
+
+
+def run_job(
+    config: JobConfig, as_of: AsOf, reporter: Reporter, *, lock_timeout: float = 60.0, command: str = "run"
+) -> RunSummary:
+    """Load, compute, validate and publish one as_of. InputError/ConfigError escape before any write."""
+    run_id = str(uuid.uuid4())
+    started_at = datetime.now(UTC).replace(tzinfo=None)
+    with reporter.stage("load"):
+        inputs = load_inputs(config.job.input)
+        rules = dnc_rules(config, inputs.people)
+    reporter.log(
+        "read "
+        + ", ".join(
+            f"{name} {read} ({rejected} rejected)"
+            for name, read, rejected in inputs.run_inputs.select("source_table", "rows_read", "rows_rejected").iter_rows()  # noqa: rows-ok (one row per input table)
+        )
+    )
+
+    def failed(error: str) -> RunRecord:
+        return RunRecord(
+            run_id, as_of.day, started_at, datetime.now(UTC).replace(tzinfo=None), "failed", error,
+            config.digest(), __version__, command, str(config.job.input),
+        )
+
+    try:
+        with reporter.stage("compute"):
+            lazy = compute_tables(inputs, config, as_of, rules)
+            computed = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
+        tables = {name: published_form(frame, as_of.day) for name, frame in computed.items()}
+        tables["rejected_rows"] = published_form(inputs.rejected_rows, as_of.day)
+        tables["run_inputs"] = inputs.run_inputs.select(pl.lit(run_id).alias("run_id"), pl.all())
+    except Exception as exc:  # an internal error still gets its failed run recorded
+        _record_failure(config, failed(f"{type(exc).__name__}: {exc}"), lock_timeout)
+        raise RunFailed(f"internal error while computing: {type(exc).__name__}: {exc}") from exc
+
+    with open_database(config.job.db, lock_timeout) as con:
+        tables["status_changes"] = status_changes(tables["contact_status"], previous_statuses(con, as_of.day), as_of.day)
+        try:
+            with reporter.stage("validate"):
+                validate_tables(tables)
+        except Exception as exc:
+            record_run(con, failed(str(exc)))
+            raise RunFailed(str(exc)) from exc
+        finished = RunRecord(
+            run_id, as_of.day, started_at, datetime.now(UTC).replace(tzinfo=None), "success", None,
+            config.digest(), __version__, command, str(config.job.input),
+        )
+        try:
+            with reporter.stage("publish"):
+                publish(con, tables, finished, keep_as_of=config.retention.keep_as_of)
+        except Exception as exc:  # rolled back: the previous outputs stand
+            record_run(con, failed(f"{type(exc).__name__}: {exc}"))
+            raise RunFailed(f"publishing failed, nothing was written: {type(exc).__name__}: {exc}") from exc
+        if config.job.parquet is not None:
+            with reporter.stage("parquet"):
+                published = [n for n in OUTPUT_SCHEMAS if n in tables or n == "runs"] + ["runs"]
+                export_parquet(con, sorted(set(published)), config.job.parquet)
+    return RunSummary(run_id, as_of, {n: f.height for n, f in tables.items()}, inputs.run_inputs)
+
+
+def _record_failure(config: JobConfig, run: RunRecord, lock_timeout: float) -> None:
+    try:
+        with open_database(config.job.db, lock_timeout) as con:
+            record_run(con, run)
+    except Exception:  # the database could not be opened: the failure is still reported on the command line
+        pass

@@ -1,0 +1,45 @@
+"""Progress for people and log lines for machines (SPEC §6).
+
+On a terminal a rich status line shows the stage under way; otherwise plain
+lines go to stderr. Either way each finished stage is logged as
+`stage <name>: <seconds>s`, which `make bench` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+
+from rich.console import Console
+
+__all__ = ["Reporter"]
+
+
+class Reporter:
+    def __init__(self, *, quiet: bool = False, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.interactive = self.console.is_terminal and not quiet
+        self.quiet = quiet
+        self.timings: dict[str, float] = {}
+
+    def log(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.interactive:
+            self.console.log(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        if self.interactive:
+            with self.console.status(f"[bold]{name}[/bold]…"):
+                yield
+        else:
+            yield
+        elapsed = time.perf_counter() - started
+        self.timings[name] = self.timings.get(name, 0.0) + elapsed
+        self.log(f"stage {name}: {elapsed:.3f}s")

@@ -1,0 +1,208 @@
+"""Publishing validated tables into the DuckDB file in one transaction (SPEC §4, §5).
+
+The bookkeeping tables are declared once here; result tables take their
+columns from the validated frames and keep one slice per as_of.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from statusbatch.validation import SLICED_TABLES
+
+__all__ = ["DatabaseLockedError", "RUNS_DDL", "RUN_INPUTS_DDL", "RunRecord", "open_database", "previous_statuses", "publish", "record_run"]
+
+RUNS_DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,
+    as_of DATE NOT NULL,
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    outcome VARCHAR NOT NULL CHECK (outcome IN ('success', 'failed')),
+    error VARCHAR,
+    config_digest VARCHAR,
+    version VARCHAR NOT NULL,
+    command VARCHAR,
+    input_dir VARCHAR
+)"""
+RUN_INPUTS_DDL = """
+CREATE TABLE IF NOT EXISTS run_inputs (
+    run_id VARCHAR NOT NULL,
+    source_table VARCHAR NOT NULL,
+    rows_read BIGINT NOT NULL,
+    rows_accepted BIGINT NOT NULL,
+    rows_rejected BIGINT NOT NULL,
+    PRIMARY KEY (run_id, source_table)
+)"""
+
+
+class DatabaseLockedError(Exception):
+    """Another process holds the database file: nothing was written."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    as_of: date
+    started_at: object
+    finished_at: object
+    outcome: str
+    error: str | None
+    config_digest: str | None
+    version: str
+    command: str
+    input_dir: str
+
+
+_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def _holder(message: str) -> str:
+    found = _HOLDER.search(message)
+    if not found:
+        return "another process"
+    return f"process {found['pid']} ({found['program']})"
+
+
+@contextlib.contextmanager
+def open_database(path: Path, lock_timeout: float, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Connect, waiting up to `lock_timeout` seconds for another process to let go."""
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + lock_timeout
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise DatabaseLockedError(
+                    f"{path}: database is locked by {_holder(str(exc))}; waited {lock_timeout:g}s, nothing was written"
+                ) from exc
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [name]
+        ).fetchone()[0]
+    )
+
+
+def previous_statuses(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFrame:
+    """Each person's contact status at the latest earlier-dated run, rebuilt from the change log."""
+    if not _table_exists(con, "status_changes"):
+        return pl.DataFrame(schema={"person_id": pl.String, "previous_status": pl.String})
+    return con.execute(
+        "SELECT person_id, arg_max(contact_status, as_of) AS previous_status "
+        "FROM status_changes WHERE as_of < ? GROUP BY person_id",
+        [as_of],
+    ).pl()
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    if not _table_exists(con, name):
+        con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM frame LIMIT 0')
+        return
+    existing = {row[0] for row in con.execute(f'DESCRIBE "{name}"').fetchall()}
+    for column, column_type, *_ in con.execute("DESCRIBE frame").fetchall():  # noqa: rows-ok (one row per column)
+        if column not in existing:
+            con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{column}" {column_type}')
+
+
+def _write(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame, where: str | None, params: list) -> None:
+    con.register("frame", frame.to_arrow())
+    try:
+        _ensure_table(con, name)
+        if where is not None:
+            con.execute(f'DELETE FROM "{name}" WHERE {where}', params)
+        con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM frame')
+    finally:
+        con.unregister("frame")
+
+
+def _latest_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    con.execute(
+        f'CREATE OR REPLACE VIEW "{name}_latest" AS '
+        f'SELECT * FROM "{name}" WHERE as_of = (SELECT max(as_of) FROM "{name}")'
+    )
+
+
+def _prune(con: duckdb.DuckDBPyConnection, name: str, keep_as_of: int) -> None:
+    if keep_as_of > 0:
+        con.execute(
+            f'DELETE FROM "{name}" WHERE as_of NOT IN '
+            f'(SELECT DISTINCT as_of FROM "{name}" ORDER BY as_of DESC LIMIT {int(keep_as_of)})'
+        )
+
+
+def _insert_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+    con.execute(RUNS_DDL)
+    con.execute(
+        "INSERT INTO runs (run_id, as_of, started_at, finished_at, outcome, error, config_digest, version, command, input_dir) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run.run_id,
+            run.as_of,
+            run.started_at,
+            run.finished_at,
+            run.outcome,
+            run.error,
+            run.config_digest,
+            run.version,
+            run.command,
+            run.input_dir,
+        ],
+    )
+
+
+def publish(
+    con: duckdb.DuckDBPyConnection,
+    tables: dict[str, pl.DataFrame],
+    run: RunRecord,
+    *,
+    keep_as_of: int,
+) -> None:
+    """Write every table, the run and its inputs in one transaction: all or nothing."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for name, frame in tables.items():
+            if name in SLICED_TABLES:
+                _write(con, name, frame, "as_of = ?", [run.as_of])
+                _prune(con, name, keep_as_of)
+                _latest_view(con, name)
+            elif name == "status_changes":
+                _write(con, name, frame, "as_of = ?", [run.as_of])
+            elif name == "contact_status_history":
+                _write(con, name, frame, "true", [])
+            elif name == "run_inputs":
+                con.execute(RUN_INPUTS_DDL)
+                _write(con, name, frame, None, [])
+            else:
+                raise ValueError(f"no publishing rule for table {name!r}")
+        _insert_run(con, run)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def record_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
+    """Log a run on its own (a failed run writes nothing else)."""
+    _insert_run(con, run)
