@@ -75,7 +75,7 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
     contact_status = contact.contact_status(
         people,
         contact.opted_out(opt_outs),
-        contact.blocklist(events, observations, config.blocklist.no_show_threshold),
+        contact.blocklist(contact.blocklist_changes(events, observations, config.blocklist.no_show_threshold)),
         contact.active_studies(participant_status, studies, t),
         contact.do_not_contact(people, events, rules),
         cooldowns,

@@ -21,7 +21,9 @@ from statusbatch.models.participants import status_transitions, study_is_open
 __all__ = [
     "opt_out_changes",
     "opted_out",
+    "blocklist_changes",
     "blocklist",
+    "manual_dnc_changes",
     "active_studies",
     "do_not_contact",
     "cooldown_starts",
@@ -104,18 +106,18 @@ def opted_out(changes: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def blocklist(events: pl.LazyFrame, observations: pl.LazyFrame, no_show_threshold: int) -> pl.LazyFrame:
-    """person_id, in_blocklist, blocklist_reason.
+def blocklist_changes(events: pl.LazyFrame, observations: pl.LazyFrame, no_show_threshold: int) -> pl.LazyFrame:
+    """Every fact that sets the in_blocklist component, in fact order.
 
     Manual adds and removals, plus the sticky no-show rule: the Nth no-show
     since the latest removal puts the person in the blocklist until a later
-    removal.
+    removal. Columns as `opt_out_changes`, with `in_blocklist`.
     """
     manual = _person_events(events, {"blocklist_added": True, "blocklist_removed": False}, "in_blocklist")
     no_shows = _observation_facts(
         status_transitions(observations, ("no_showed",)), "no-show", "in_blocklist", True
     ).with_columns(pl.lit(None, dtype=pl.Boolean).alias("in_blocklist"))
-    facts = (
+    return (
         pl.concat([manual, no_shows] if no_show_threshold > 0 else [manual])
         .with_columns(tie(pl.col("event_id")).alias("tie"))
         .sort(_FACT_KEY)
@@ -132,10 +134,14 @@ def blocklist(events: pl.LazyFrame, observations: pl.LazyFrame, no_show_threshol
             .alias("fact"),
         )
         .filter(pl.col("in_blocklist").is_not_null())
+        .select("person_id", pl.col("at").alias("changed_at"), "event_id", "in_blocklist", "fact", "study_id", "reason")
     )
+
+
+def blocklist(changes: pl.LazyFrame) -> pl.LazyFrame:
+    """person_id, in_blocklist, blocklist_reason — from the latest change."""
     return (
-        facts.group_by("person_id")
-        .last()
+        _latest_per_person(changes.rename({"changed_at": "at"}))
         .filter(pl.col("in_blocklist"))
         .select(
             "person_id",
@@ -158,16 +164,21 @@ def active_studies(status: pl.LazyFrame, studies: pl.LazyFrame, as_of: datetime)
     )
 
 
+def manual_dnc_changes(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Manual do-not-contact sets and clears (rule-based DNC has no history)."""
+    return _person_events(
+        events, {"do_not_contact_set": True, "do_not_contact_cleared": False}, "do_not_contact"
+    ).select("person_id", pl.col("at").alias("changed_at"), "event_id", "do_not_contact", "fact", "study_id", "reason")
+
+
 def do_not_contact(people: pl.LazyFrame, events: pl.LazyFrame, rules: Mapping[str, pl.Expr]) -> pl.LazyFrame:
     """person_id, do_not_contact, do_not_contact_reason: a matching rule or a manual flag.
 
     `rules` maps each rule name to its compiled condition (true where it matches).
     """
     manual = (
-        _latest_per_person(
-            _person_events(events, {"do_not_contact_set": True, "do_not_contact_cleared": False}, "manual")
-        )
-        .filter(pl.col("manual"))
+        _latest_per_person(manual_dnc_changes(events).rename({"changed_at": "at"}))
+        .filter(pl.col("do_not_contact"))
         .select(
             "person_id",
             _describe(

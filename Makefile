@@ -1,0 +1,28 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SCALE ?= S M
+
+.PHONY: install run test examples bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/statusbatch run jobs/nightly.toml --as-of 2026-11-20
+	@echo "Query it: $(BIN)/python -c \"import duckdb; print(duckdb.connect('out/statusbatch.duckdb', read_only=True).sql('select contact_status, count(*) from contact_status_latest group by all order by 2 desc'))\""
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(foreach s,$(SCALE),--scale $(s))
+
+clean:
+	rm -rf out .pytest_cache
