@@ -16,9 +16,21 @@ from statusbatch.models import contact, facts, participants
 from statusbatch.progress import Reporter
 from statusbatch.publish.parquet import export_parquet
 from statusbatch.publish.store import RunRecord, open_database, previous_statuses, publish, record_run
-from statusbatch.validation import OUTPUT_SCHEMAS, validate_tables
+from statusbatch.validation import validate_tables
 
-__all__ = ["AsOf", "parse_as_of", "default_as_of", "compute_tables", "published_form", "run_job", "RunFailed"]
+__all__ = [
+    "AsOf",
+    "Prepared",
+    "RunFailed",
+    "RunSummary",
+    "compute_tables",
+    "default_as_of",
+    "parse_as_of",
+    "prepare",
+    "published_form",
+    "run_job",
+    "run_prepared",
+]
 
 
 @dataclass(frozen=True)
@@ -121,62 +133,94 @@ class RunSummary:
     run_inputs: pl.DataFrame
 
 
-def run_job(
-    config: JobConfig, as_of: AsOf, reporter: Reporter, *, lock_timeout: float = 60.0, command: str = "run"
-) -> RunSummary:
-    """Load, compute, validate and publish one as_of. InputError/ConfigError escape before any write."""
-    run_id = str(uuid.uuid4())
-    started_at = datetime.now(UTC).replace(tzinfo=None)
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs read and rules compiled once, for one run or every day of a backfill."""
+
+    inputs: Inputs
+    rules: dict[str, pl.Expr]
+
+
+def prepare(config: JobConfig, reporter: Reporter) -> Prepared:
+    """Read the inputs and compile the rules. InputError/ConfigError escape before any write."""
     with reporter.stage("load"):
         inputs = load_inputs(config.job.input)
         rules = dnc_rules(config, inputs.people)
+    counts = inputs.run_inputs.select("source_table", "rows_read", "rows_rejected")
     reporter.log(
         "read "
         + ", ".join(
             f"{name} {read} ({rejected} rejected)"
-            for name, read, rejected in inputs.run_inputs.select("source_table", "rows_read", "rows_rejected").iter_rows()  # noqa: rows-ok (one row per input table)
+            for name, read, rejected in counts.iter_rows()  # noqa: rows-ok (one row per input table)
         )
     )
+    return Prepared(inputs, rules)
 
-    def failed(error: str) -> RunRecord:
+
+def run_job(
+    config: JobConfig, as_of: AsOf, reporter: Reporter, *, lock_timeout: float = 60.0, command: str = "run"
+) -> RunSummary:
+    """Load, compute, validate and publish one as_of."""
+    return run_prepared(config, prepare(config, reporter), as_of, reporter, lock_timeout=lock_timeout, command=command)
+
+
+def run_prepared(
+    config: JobConfig,
+    prepared: Prepared,
+    as_of: AsOf,
+    reporter: Reporter,
+    *,
+    lock_timeout: float = 60.0,
+    command: str = "run",
+) -> RunSummary:
+    """Compute, validate and publish one as_of; a failure is recorded in `runs` and raised as RunFailed."""
+    inputs = prepared.inputs
+    run_id = str(uuid.uuid4())
+    started_at = datetime.now(UTC).replace(tzinfo=None)
+
+    def record(outcome: str, error: str | None) -> RunRecord:
         return RunRecord(
-            run_id, as_of.day, started_at, datetime.now(UTC).replace(tzinfo=None), "failed", error,
-            config.digest(), __version__, command, str(config.job.input),
+            run_id,
+            as_of.day,
+            started_at,
+            datetime.now(UTC).replace(tzinfo=None),
+            outcome,
+            error,
+            config.digest(),
+            __version__,
+            command,
+            str(config.job.input),
         )
 
     try:
         with reporter.stage("compute"):
-            lazy = compute_tables(inputs, config, as_of, rules)
+            lazy = compute_tables(inputs, config, as_of, prepared.rules)
             computed = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
         tables = {name: published_form(frame, as_of.day) for name, frame in computed.items()}
         tables["rejected_rows"] = published_form(inputs.rejected_rows, as_of.day)
         tables["run_inputs"] = inputs.run_inputs.select(pl.lit(run_id).alias("run_id"), pl.all())
     except Exception as exc:  # an internal error still gets its failed run recorded
-        _record_failure(config, failed(f"{type(exc).__name__}: {exc}"), lock_timeout)
+        _record_failure(config, record("failed", f"{type(exc).__name__}: {exc}"), lock_timeout)
         raise RunFailed(f"internal error while computing: {type(exc).__name__}: {exc}") from exc
 
     with open_database(config.job.db, lock_timeout) as con:
-        tables["status_changes"] = status_changes(tables["contact_status"], previous_statuses(con, as_of.day), as_of.day)
         try:
+            previous = previous_statuses(con, as_of.day)
+            tables["status_changes"] = status_changes(tables["contact_status"], previous, as_of.day)
             with reporter.stage("validate"):
                 validate_tables(tables)
         except Exception as exc:
-            record_run(con, failed(str(exc)))
+            record_run(con, record("failed", str(exc)))
             raise RunFailed(str(exc)) from exc
-        finished = RunRecord(
-            run_id, as_of.day, started_at, datetime.now(UTC).replace(tzinfo=None), "success", None,
-            config.digest(), __version__, command, str(config.job.input),
-        )
         try:
             with reporter.stage("publish"):
-                publish(con, tables, finished, keep_as_of=config.retention.keep_as_of)
+                publish(con, tables, record("success", None), keep_as_of=config.retention.keep_as_of)
         except Exception as exc:  # rolled back: the previous outputs stand
-            record_run(con, failed(f"{type(exc).__name__}: {exc}"))
+            record_run(con, record("failed", f"{type(exc).__name__}: {exc}"))
             raise RunFailed(f"publishing failed, nothing was written: {type(exc).__name__}: {exc}") from exc
         if config.job.parquet is not None:
             with reporter.stage("parquet"):
-                published = [n for n in OUTPUT_SCHEMAS if n in tables or n == "runs"] + ["runs"]
-                export_parquet(con, sorted(set(published)), config.job.parquet)
+                export_parquet(con, sorted({*tables, "runs"}), config.job.parquet)
     return RunSummary(run_id, as_of, {n: f.height for n, f in tables.items()}, inputs.run_inputs)
 
 

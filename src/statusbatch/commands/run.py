@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sys
+from datetime import date, timedelta
 from pathlib import Path
 
 import click
+from rich.progress import Progress
 
 from statusbatch.config import ConfigError, JobConfig, load_job
 from statusbatch.loading import InputError, load_inputs
-from statusbatch.pipeline import AsOf, RunFailed, default_as_of, dnc_rules, parse_as_of, run_job
+from statusbatch.pipeline import AsOf, RunFailed, default_as_of, dnc_rules, parse_as_of, prepare, run_job, run_prepared
 from statusbatch.progress import Reporter
-from statusbatch.publish.store import DatabaseLockedError
+from statusbatch.publish.store import DatabaseLockedError, open_database, published_as_ofs
 
 __all__ = ["run", "validate", "backfill", "fail", "load_config"]
 
@@ -92,5 +94,42 @@ def validate(job_file: str, input_dir: str | None) -> None:
 
 
 @click.command("backfill")
-def backfill() -> None:
-    raise click.ClickException("not implemented yet")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--from", "first", required=True, help="First as_of date (YYYY-MM-DD).")
+@click.option("--to", "last", required=True, help="Last as_of date (YYYY-MM-DD), inclusive.")
+@click.option("--force", is_flag=True, help="Recompute days that are already published.")
+@click.option("--input", "input_dir", type=click.Path(file_okay=False), help="Input directory (overrides the job file).")
+@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB file (overrides the job file).")
+@click.option("--lock-timeout", default=60.0, show_default=True, type=click.FloatRange(min=0))
+def backfill(job_file: str, first: str, last: str, force: bool, input_dir: str | None, db: str | None, lock_timeout: float) -> None:
+    """Publish one as_of per day from --from to --to, oldest first; resumable."""
+    config = load_config(job_file, input_dir, db)
+    try:
+        start, end = date.fromisoformat(first), date.fromisoformat(last)
+    except ValueError as exc:
+        fail(f"--from/--to: expected dates YYYY-MM-DD ({exc})", 2)
+    if end < start:
+        fail(f"--to {end} is before --from {start}", 2)
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    reporter = Reporter(quiet=True)
+    log = Reporter()
+    try:
+        with open_database(config.job.db, lock_timeout) as con:
+            done = published_as_ofs(con)
+        todo = [d for d in days if force or d not in done]
+        log.log(f"backfill {start} → {end}: {len(days)} days, {len(days) - len(todo)} already published")
+        prepared = prepare(config, log)
+        with Progress(console=log.console, disable=not log.interactive) as progress:
+            task = progress.add_task("backfill", total=len(todo))
+            for day in todo:
+                run_prepared(config, prepared, parse_as_of(day.isoformat()), reporter, lock_timeout=lock_timeout, command="backfill")
+                progress.advance(task)
+                if not log.interactive:
+                    log.log(f"published {day}")
+    except (InputError, ConfigError) as exc:
+        fail(str(exc), 2)
+    except DatabaseLockedError as exc:
+        fail(str(exc), 1)
+    except RunFailed as exc:
+        fail(f"backfill stopped at {day}: {exc} (days before it are published; rerun to resume)", 1)
+    log.log(f"backfill done: {len(todo)} days published")

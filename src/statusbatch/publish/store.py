@@ -19,7 +19,17 @@ import polars as pl
 
 from statusbatch.validation import SLICED_TABLES
 
-__all__ = ["DatabaseLockedError", "RUNS_DDL", "RUN_INPUTS_DDL", "RunRecord", "open_database", "previous_statuses", "publish", "record_run"]
+__all__ = [
+    "DatabaseLockedError",
+    "RUNS_DDL",
+    "RUN_INPUTS_DDL",
+    "RunRecord",
+    "open_database",
+    "previous_statuses",
+    "publish",
+    "published_as_ofs",
+    "record_run",
+]
 
 RUNS_DDL = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -101,7 +111,7 @@ def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(
         con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [name]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     )
 
 
@@ -109,10 +119,10 @@ def previous_statuses(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFra
     """Each person's contact status at the latest earlier-dated run, rebuilt from the change log."""
     if not _table_exists(con, "status_changes"):
         return pl.DataFrame(schema={"person_id": pl.String, "previous_status": pl.String})
-    return con.execute(
+    return con.sql(
         "SELECT person_id, arg_max(contact_status, as_of) AS previous_status "
         "FROM status_changes WHERE as_of < ? GROUP BY person_id",
-        [as_of],
+        params=[as_of],
     ).pl()
 
 
@@ -206,3 +216,11 @@ def publish(
 def record_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     """Log a run on its own (a failed run writes nothing else)."""
     _insert_run(con, run)
+
+
+def published_as_ofs(con: duckdb.DuckDBPyConnection) -> set[date]:
+    """The as_ofs with a successful run: what a resumed backfill skips."""
+    if not _table_exists(con, "runs"):
+        return set()
+    frame = con.sql("SELECT DISTINCT as_of FROM runs WHERE outcome = 'success'").pl()
+    return set(frame.get_column("as_of").to_list())  # noqa: rows-ok (one value per published day)
