@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/statusbatch run jobs/nightly.toml --as-of 2026-11-20
+	$(BIN)/statusbatch run jobs/nightly.toml $(if $(AS_OF),--as-of $(AS_OF))
 	@echo "Query it: $(BIN)/python -c \"import duckdb; print(duckdb.connect('out/statusbatch.duckdb', read_only=True).sql('select contact_status, count(*) from contact_status_latest group by all order by 2 desc'))\""
 
 test: $(STAMP)
