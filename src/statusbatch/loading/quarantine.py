@@ -213,25 +213,32 @@ def quarantine(
 def _with_duplicate_checks(
     frame: pl.DataFrame, table: InputTable, raw_columns: list[str], exact_duplicates_allowed: bool
 ) -> pl.DataFrame:
-    """Reject later rows of a key; the first row that passed every other check wins."""
+    """Reject later rows of a key; the first row that passed every other check wins.
+
+    Only rows whose key occurs more than once need the window work, so it runs
+    on that (usually tiny) part of the file. Rows are compared field by field,
+    never by hash: a conflicting row can't pass for an exact duplicate.
+    """
     key = [typed(k) for k in table.key]
-    passing = pl.col("__problem").is_null()
-    winner = pl.when(passing).then(pl.col(ROW)).min().over(key)
-    later = passing & (pl.col(ROW) != winner)
-    if exact_duplicates_allowed and raw_columns:
-        content = pl.struct(*raw_columns).hash(seed=0)
-        first_with_content = pl.when(passing).then(pl.col(ROW)).min().over(content)
-        exact = later & (first_with_content == winner)
-    else:
-        exact = pl.lit(False)
-    key_names = ", ".join(table.key)
-    return frame.with_columns(__exact_duplicate=exact).with_columns(
-        pl.when(later & ~pl.col("__exact_duplicate"))
-        .then(pl.lit(table.key[0]))
-        .otherwise(pl.col("__column"))
-        .alias("__column"),
-        pl.when(later & ~pl.col("__exact_duplicate"))
-        .then(pl.format("duplicate {} (row {} was kept)", pl.lit(key_names), winner))
-        .otherwise(pl.col("__problem"))
-        .alias("__problem"),
-    )
+    repeated = pl.struct(key).is_duplicated() if len(key) > 1 else key[0].is_duplicated()
+    frame = frame.with_columns(repeated.alias("__repeated"))
+    single = frame.filter(~pl.col("__repeated")).with_columns(__exact_duplicate=pl.lit(False))
+    many = frame.filter(pl.col("__repeated")).with_columns(__exact_duplicate=pl.lit(False))
+    if many.height:
+        passing = pl.col("__problem").is_null()
+        winner = pl.col(ROW).filter(passing).min().over(key)
+        later = passing & (pl.col(ROW) != winner)
+        if exact_duplicates_allowed and raw_columns:
+            content = pl.struct(*raw_columns)
+            exact = later & content.eq_missing(content.filter(passing).first().over(key))
+        else:
+            exact = pl.lit(False)
+        conflict = later & ~pl.col("__exact_duplicate")
+        many = many.with_columns(__exact_duplicate=exact).with_columns(
+            pl.when(conflict).then(pl.lit(table.key[0])).otherwise(pl.col("__column")).alias("__column"),
+            pl.when(conflict)
+            .then(pl.format("duplicate {} (row {} was kept)", pl.lit(", ".join(table.key)), winner))
+            .otherwise(pl.col("__problem"))
+            .alias("__problem"),
+        )
+    return pl.concat([single, many]).sort(ROW)
