@@ -17,6 +17,7 @@ from statusbatch.loading.contract import TIMESTAMP, Column, InputTable
 __all__ = ["Check", "Quarantined", "REJECTED_ROWS_SCHEMA", "quarantine", "parse_timestamp", "parse_date"]
 
 ROW = "__row_number"
+_FAILED = "__failed_check"
 _TYPED = "__typed__"
 
 REJECTED_ROWS_SCHEMA: dict[str, pl.DataType] = {
@@ -146,11 +147,26 @@ def _code_checks(table: InputTable, present: set[str]) -> list[Check]:
     ]
 
 
-def _first_failure(checks: list[Check]) -> tuple[pl.Expr, pl.Expr]:
+def _first_failing(checks: list[Check]) -> pl.Expr:
+    """The index of the first check a row fails (null when it passes them all).
+
+    Only this small integer is computed for every row; the words of a problem
+    are built for rejected rows alone.
+    """
     if not checks:
-        return pl.lit(None, dtype=pl.String).alias("column"), pl.lit(None, dtype=pl.String).alias("problem")
-    column = pl.coalesce([pl.when(c.fails).then(pl.lit(c.column)) for c in checks])
-    problem = pl.coalesce([pl.when(c.fails).then(c.problem) for c in checks])
+        return pl.lit(None, dtype=pl.UInt16)
+    chain = pl.when(checks[0].fails).then(pl.lit(0, dtype=pl.UInt16))
+    for index, check in enumerate(checks[1:], start=1):
+        chain = chain.when(check.fails).then(pl.lit(index, dtype=pl.UInt16))
+    return chain.otherwise(pl.lit(None, dtype=pl.UInt16))
+
+
+def _described(checks: list[Check], index: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    column = pl.lit(None, dtype=pl.String)
+    problem = pl.lit(None, dtype=pl.String)
+    for i, check in reversed(list(enumerate(checks))):
+        column = pl.when(index == i).then(pl.lit(check.column)).otherwise(column)
+        problem = pl.when(index == i).then(check.problem).otherwise(problem)
     return column.alias("column"), problem.alias("problem")
 
 
@@ -175,70 +191,87 @@ def quarantine(
         pl.col(ROW).cast(pl.Int64),
         *[_parsed(c, raw.schema.get(c.name)).alias(_TYPED + c.name) for c in table.columns],
     )
-    stages = [
-        _parsing_checks(table, present),
-        _code_checks(table, present) + list(extra_code_checks),
-        list(reference_checks),
-    ]
-    frame = frame.with_columns(
-        *[
-            pl.struct(*_first_failure(stage)).alias(f"__stage{i}")
-            for i, stage in enumerate(stages)
-        ]
-    ).with_columns(
-        pl.coalesce(*[pl.col(f"__stage{i}").struct.field("column") for i in range(len(stages))]).alias("__column"),
-        pl.coalesce(*[pl.col(f"__stage{i}").struct.field("problem") for i in range(len(stages))]).alias("__problem"),
+    checks = (
+        _parsing_checks(table, present)
+        + _code_checks(table, present)
+        + list(extra_code_checks)
+        + list(reference_checks)
+        + [_duplicate_check(table)]
     )
-    frame = _with_duplicate_checks(frame, table, raw_columns, exact_duplicates_allowed)
+    frame = frame.with_columns(_first_failing(checks[:-1]).alias(_FAILED))
+    frame = _with_duplicate_checks(frame, table, raw_columns, exact_duplicates_allowed, len(checks) - 1)
 
-    rejected = frame.filter(pl.col("__problem").is_not_null()).select(
+    bad = frame.filter(pl.col(_FAILED).is_not_null())
+    column, problem = _described(checks, pl.col(_FAILED))
+    rejected = bad.select(
         pl.lit(table.name).alias("source_table"),
         pl.col(ROW).alias("row_number"),
-        pl.col("__column").alias("column"),
-        pl.col("__problem").alias("problem"),
+        column,
+        problem,
         pl.struct(*[pl.col(c).cast(pl.String) if frame.schema[c] != pl.String else pl.col(c) for c in raw_columns])
         .struct.json_encode()
         .alias("raw")
         if raw_columns
         else pl.lit("{}").alias("raw"),
     )
-    good = frame.filter(pl.col("__problem").is_null())
-    accepted = good.filter(~pl.col("__exact_duplicate")).select(
-        *[typed(c.name).alias(c.name) for c in table.columns],
-        *[expr.alias(name) for name, expr in (extra_columns or {}).items()],
+    accepted = (
+        frame.lazy()
+        .select(
+            *[typed(c.name).alias(c.name) for c in table.columns],
+            *[expr.alias(name) for name, expr in (extra_columns or {}).items()],
+            keep=pl.col(_FAILED).is_null() & ~pl.col("__exact_duplicate"),
+        )
+        .filter("keep")
+        .drop("keep")
+        .collect()
     )
-    return Quarantined(accepted=accepted, rejected=rejected, rows_read=raw.height, rows_accepted=good.height)
+    return Quarantined(
+        accepted=accepted, rejected=rejected, rows_read=raw.height, rows_accepted=raw.height - rejected.height
+    )
+
+
+def _duplicate_check(table: InputTable) -> Check:
+    """Described only: duplicates are found by `_with_duplicate_checks`, which records the kept row."""
+    return Check(
+        table.key[0],
+        pl.lit(False),
+        pl.format("duplicate {} (row {} was kept)", pl.lit(", ".join(table.key)), pl.col("__kept_row")),
+    )
 
 
 def _with_duplicate_checks(
-    frame: pl.DataFrame, table: InputTable, raw_columns: list[str], exact_duplicates_allowed: bool
+    frame: pl.DataFrame, table: InputTable, raw_columns: list[str], exact_duplicates_allowed: bool, index: int
 ) -> pl.DataFrame:
     """Reject later rows of a key; the first row that passed every other check wins.
 
-    Only rows whose key occurs more than once need the window work, so it runs
-    on that (usually tiny) part of the file. Rows are compared field by field,
-    never by hash: a conflicting row can't pass for an exact duplicate.
+    Only rows whose key occurs more than once need window work, so it runs on
+    that (usually tiny) part and is mapped back by row number without copying
+    the file. Rows are compared field by field, never by hash: a conflicting
+    row can't pass for an exact duplicate.
     """
     key = [typed(k) for k in table.key]
     repeated = pl.struct(key).is_duplicated() if len(key) > 1 else key[0].is_duplicated()
-    frame = frame.with_columns(repeated.alias("__repeated"))
-    single = frame.filter(~pl.col("__repeated")).with_columns(__exact_duplicate=pl.lit(False))
-    many = frame.filter(pl.col("__repeated")).with_columns(__exact_duplicate=pl.lit(False))
-    if many.height:
-        passing = pl.col("__problem").is_null()
-        winner = pl.col(ROW).filter(passing).min().over(key)
-        later = passing & (pl.col(ROW) != winner)
-        if exact_duplicates_allowed and raw_columns:
-            content = pl.struct(*raw_columns)
-            exact = later & content.eq_missing(content.filter(passing).first().over(key))
-        else:
-            exact = pl.lit(False)
-        conflict = later & ~pl.col("__exact_duplicate")
-        many = many.with_columns(__exact_duplicate=exact).with_columns(
-            pl.when(conflict).then(pl.lit(table.key[0])).otherwise(pl.col("__column")).alias("__column"),
-            pl.when(conflict)
-            .then(pl.format("duplicate {} (row {} was kept)", pl.lit(", ".join(table.key)), winner))
-            .otherwise(pl.col("__problem"))
-            .alias("__problem"),
-        )
-    return pl.concat([single, many]).sort(ROW)
+    many = frame.filter(repeated)
+    passing = pl.col(_FAILED).is_null()
+    winner = pl.col(ROW).filter(passing).min().over(key)
+    later = passing & (pl.col(ROW) != winner)
+    if exact_duplicates_allowed and raw_columns:
+        content = pl.struct(*raw_columns)
+        exact = later & content.eq_missing(content.filter(passing).first().over(key))
+    else:
+        exact = pl.lit(False)
+    outcome = many.select(ROW, later.alias("later"), exact.alias("exact"), winner.alias("__kept_row")).filter("later")
+    exact_rows = outcome.filter("exact").get_column(ROW)
+    conflicts = outcome.filter(~pl.col("exact"))
+    kept = pl.col(ROW).replace_strict(
+        conflicts.get_column(ROW), conflicts.get_column("__kept_row"), default=None, return_dtype=pl.Int64
+    )
+    return frame.with_columns(
+        pl.col(ROW).is_in(exact_rows.implode()).alias("__exact_duplicate"),
+        kept.alias("__kept_row"),
+    ).with_columns(
+        pl.when(pl.col("__kept_row").is_not_null())
+        .then(pl.lit(index, dtype=pl.UInt16))
+        .otherwise(pl.col(_FAILED))
+        .alias(_FAILED)
+    )
