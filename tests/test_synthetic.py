@@ -214,7 +214,7 @@ def test_chunk_size_does_not_change_the_rows(tmp_path: Path) -> None:
 
 def test_tiny_population(tmp_path: Path) -> None:
     result = synthetic.generate(SyntheticConfig(people=1, seed=0, messy_rate=0.0), tmp_path)
-    assert result.rows["people"] == 1 and result.rows["studies"] == 1
+    assert result.rows["people"] == 1 and result.rows["studies"] == 8
     assert _read(tmp_path, "events").height == result.rows["events"] >= 1
 
 

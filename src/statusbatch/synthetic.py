@@ -347,8 +347,8 @@ class SyntheticConfig:
 
     @property
     def n_studies(self) -> int:
-        """About one study per 200 people."""
-        return max(1, round(self.people / 200))
+        """About one study per 200 people, and enough for a small workspace to show every kind."""
+        return max(8, round(self.people / 200))
 
     @property
     def n_sequences(self) -> int:
