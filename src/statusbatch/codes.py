@@ -111,6 +111,8 @@ MESSAGING_EVENTS: tuple[str, ...] = (
     "restored",
     "deleted",
 )
+RESEARCH_EVENTS: tuple[str, ...] = STUDY_SCOPED_EVENTS + PERSON_SCOPED_RESEARCH_EVENTS
+"""What the research-ops models (§3.1, §3.2) read."""
 EVENT_TYPES: tuple[str, ...] = (
     STUDY_SCOPED_EVENTS + PERSON_SCOPED_RESEARCH_EVENTS + SEQUENCE_SCOPED_EVENTS + MESSAGING_EVENTS
 )

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import polars as pl
 
-from statusbatch import __version__
+from statusbatch import __version__, codes
 from statusbatch.config import JobConfig
 from statusbatch.config.conditions import compile_condition, condition_schema
 from statusbatch.loading import Inputs, load_inputs
@@ -77,19 +77,20 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
     people = facts.people_as_of(inputs.people.lazy(), t)
     studies = inputs.studies.lazy()
     members = facts.participants_as_of(inputs.participants.lazy(), people, t)
-    events = facts.events_as_of(inputs.events.lazy(), people, t)
+    events = facts.events_as_of(inputs.events.lazy(), inputs.people.lazy(), t)
+    research_events = facts.events_of_types(events, codes.RESEARCH_EVENTS)
 
-    observations = participants.participant_observations(members, events, t)
+    observations = participants.participant_observations(members, research_events, t)
     participant_status = participants.participant_status(members, observations)
-    starts = contact.cooldown_starts(events, observations, config.cooldown)
+    starts = contact.cooldown_starts(research_events, observations, config.cooldown)
     cooldowns = contact.cooldowns(starts, t, as_of.day)
-    opt_outs = contact.opt_out_changes(events, observations)
+    opt_outs = contact.opt_out_changes(research_events, observations)
     contact_status = contact.contact_status(
         people,
         contact.opted_out(opt_outs),
-        contact.blocklist(contact.blocklist_changes(events, observations, config.blocklist.no_show_threshold)),
+        contact.blocklist(contact.blocklist_changes(research_events, observations, config.blocklist.no_show_threshold)),
         contact.active_studies(participant_status, studies, t),
-        contact.do_not_contact(people, events, rules),
+        contact.do_not_contact(people, research_events, rules),
         cooldowns,
     )
     return {

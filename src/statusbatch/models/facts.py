@@ -6,7 +6,7 @@ from datetime import datetime
 
 import polars as pl
 
-__all__ = ["people_as_of", "participants_as_of", "events_as_of", "tie", "FACT_ORDER"]
+__all__ = ["people_as_of", "participants_as_of", "events_as_of", "events_of_types", "tie", "FACT_ORDER"]
 
 FACT_ORDER = ("at", "tie")
 """Facts are ordered by time, then event id; an export row (no event id) comes first."""
@@ -28,6 +28,16 @@ def participants_as_of(participants: pl.LazyFrame, people: pl.LazyFrame, as_of: 
     )
 
 
-def events_as_of(events: pl.LazyFrame, people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
-    """Events that happened by T, of people who exist at T."""
-    return events.filter(pl.col("occurred_at") <= as_of).join(people.select("person_id"), on="person_id", how="semi")
+def events_as_of(events: pl.LazyFrame, all_people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    """Events that happened by T, of people who exist at T.
+
+    Every accepted event names an accepted person, so only the (few) people
+    created after T need to be taken out.
+    """
+    not_yet_created = all_people.filter(pl.col("created_at") > as_of).select("person_id")
+    return events.filter(pl.col("occurred_at") <= as_of).join(not_yet_created, on="person_id", how="anti")
+
+
+def events_of_types(events: pl.LazyFrame, types: tuple[str, ...]) -> pl.LazyFrame:
+    """The events a model reads: each model scans its own (much smaller) share of the log."""
+    return events.filter(pl.col("event_type").is_in(types))
