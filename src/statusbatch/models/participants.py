@@ -101,7 +101,12 @@ def status_transitions(observations: pl.LazyFrame, statuses: tuple[str, ...]) ->
 def study_progress(
     studies: pl.LazyFrame, status: pl.LazyFrame, observations: pl.LazyFrame, as_of: datetime
 ) -> pl.LazyFrame:
-    """Per study: participants by stage, interviews booked and completed, participation limit."""
+    """Per study: participants by stage, interviews booked and completed, participation limit.
+
+    Toward the limit count participants who completed (any kind) plus those
+    currently scheduled, as §7.11 adds them: one who completed and is booked
+    again counts twice.
+    """
     stage_counts = [
         (pl.col("stage") == stage).sum().cast(pl.Int64).alias(f"stage_{stage}") for stage in codes.STAGES
     ]
@@ -120,11 +125,11 @@ def study_progress(
         .group_by("study_id", "person_id")
         .agg(pl.col("interview").any())
     )
-    scheduled = status.filter(pl.col("participant_status") == "interview_scheduled").select("study_id", "person_id")
     toward_limit = (
-        pl.concat([completed.select("study_id", "person_id"), scheduled]).unique().group_by("study_id").agg(
-            pl.len().cast(pl.Int64).alias("toward_limit")
-        )
+        status.group_by("study_id")
+        .agg((pl.col("participant_status") == "interview_scheduled").sum().alias("scheduled"))
+        .join(completed.group_by("study_id").agg(pl.len().alias("completed")), on="study_id", how="full", coalesce=True)
+        .select("study_id", (pl.col("scheduled").fill_null(0) + pl.col("completed").fill_null(0)).alias("toward_limit"))
     )
     interviews_completed = completed.group_by("study_id").agg(
         pl.col("interview").sum().cast(pl.Int64).alias("interviews_completed")

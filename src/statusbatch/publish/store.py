@@ -147,10 +147,14 @@ def _write(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame, where
         con.unregister("frame")
 
 
+_PUBLISHED = "SELECT DISTINCT as_of FROM runs WHERE outcome = 'success'"
+"""Published as_ofs come from the run log, not from a table's rows: an empty slice is a slice too."""
+
+
 def _latest_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
     con.execute(
         f'CREATE OR REPLACE VIEW "{name}_latest" AS '
-        f'SELECT * FROM "{name}" WHERE as_of = (SELECT max(as_of) FROM "{name}")'
+        f'SELECT * FROM "{name}" WHERE as_of = (SELECT max(as_of) FROM ({_PUBLISHED}))'
     )
 
 
@@ -158,7 +162,7 @@ def _prune(con: duckdb.DuckDBPyConnection, name: str, keep_as_of: int) -> None:
     if keep_as_of > 0:
         con.execute(
             f'DELETE FROM "{name}" WHERE as_of NOT IN '
-            f'(SELECT DISTINCT as_of FROM "{name}" ORDER BY as_of DESC LIMIT {int(keep_as_of)})'
+            f"(SELECT as_of FROM ({_PUBLISHED}) ORDER BY as_of DESC LIMIT {int(keep_as_of)})"
         )
 
 
@@ -192,6 +196,7 @@ def publish(
     """Write every table, the run and its inputs in one transaction: all or nothing."""
     con.execute("BEGIN TRANSACTION")
     try:
+        _insert_run(con, run)
         for name, frame in tables.items():
             if name in SLICED_TABLES:
                 _write(con, name, frame, "as_of = ?", [run.as_of])
@@ -206,7 +211,6 @@ def publish(
                 _write(con, name, frame, None, [])
             else:
                 raise ValueError(f"no publishing rule for table {name!r}")
-        _insert_run(con, run)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
