@@ -8,7 +8,7 @@ are window operations over that stream.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 
@@ -239,11 +239,16 @@ def cooldown_starts(events: pl.LazyFrame, observations: pl.LazyFrame, rules: Coo
         starts.append(_start(invites, "invite", pl.col("at") + timedelta(days=rules.after_invite_days)))
     if rules.after_completion_days > 0:
         starts.append(_start(completions, "completion", pl.col("at") + timedelta(days=rules.after_completion_days)))
+    last_day = pl.lit(date(9999, 12, 31))
     manual = events.filter(pl.col("event_type") == "cooldown_set").with_columns(
         pl.col("occurred_at").alias("at"),
-        (pl.col("value").str.strip_chars().str.to_date("%Y-%m-%d") + timedelta(days=1))
-        .cast(pl.Datetime("us"))
-        .dt.replace_time_zone("UTC")
+        pl.when(pl.col("value").str.strip_chars().str.to_date("%Y-%m-%d") >= last_day)
+        .then(pl.lit(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)))
+        .otherwise(
+            (pl.col("value").str.strip_chars().str.to_date("%Y-%m-%d") + timedelta(days=1))
+            .cast(pl.Datetime("us"))
+            .dt.replace_time_zone("UTC")
+        )
         .alias("until"),
     )
     starts.append(_start(manual, "manual", pl.col("until")))
