@@ -89,9 +89,6 @@ def load_inputs(input_dir: Path) -> Inputs:
     )
     if "sequences" in raws:
         results["sequences"] = quarantine(raws["sequences"], input_table("sequences"))
-    participant_pairs = results["participants"].accepted.select(
-        pl.concat_str("study_id", "person_id", separator="\x1f")
-    ).to_series()
     results["events"] = quarantine(
         raws["events"],
         input_table("events"),
@@ -99,7 +96,7 @@ def load_inputs(input_dir: Path) -> Inputs:
         reference_checks=[
             reference_check("person_id", person_ids, "person"),
             reference_check("study_id", study_ids, "study"),
-            participant_reference_check(participant_pairs),
+            participant_reference_check(results["participants"].accepted),
         ],
         exact_duplicates_allowed=True,
     )

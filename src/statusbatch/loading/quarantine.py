@@ -7,8 +7,10 @@ check. Everything is a column expression over the whole file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from statusbatch import codes
@@ -18,6 +20,7 @@ __all__ = ["Check", "Quarantined", "REJECTED_ROWS_SCHEMA", "quarantine", "parse_
 
 ROW = "__row_number"
 _FAILED = "__failed_check"
+_BAD = "__fails_a_check"
 _TYPED = "__typed__"
 
 REJECTED_ROWS_SCHEMA: dict[str, pl.DataType] = {
@@ -31,11 +34,18 @@ REJECTED_ROWS_SCHEMA: dict[str, pl.DataType] = {
 
 @dataclass(frozen=True)
 class Check:
-    """A row is bad for `column` where `fails` is true; `problem` says why in words."""
+    """A row is bad for `column` where `fails` is true; `problem` says why in words.
+
+    `fails` is a row expression, or a function of the whole parsed frame
+    returning one — for checks cheaper as a join than as a row expression.
+    """
 
     column: str
-    fails: pl.Expr
+    fails: pl.Expr | Callable[[pl.DataFrame], pl.Expr]
     problem: pl.Expr
+
+    def fails_in(self, frame: pl.DataFrame) -> pl.Expr:
+        return self.fails(frame) if callable(self.fails) else self.fails
 
 
 @dataclass(frozen=True)
@@ -147,17 +157,11 @@ def _code_checks(table: InputTable, present: set[str]) -> list[Check]:
     ]
 
 
-def _first_failing(checks: list[Check]) -> pl.Expr:
-    """The index of the first check a row fails (null when it passes them all).
-
-    Only this small integer is computed for every row; the words of a problem
-    are built for rejected rows alone.
-    """
-    if not checks:
-        return pl.lit(None, dtype=pl.UInt16)
-    chain = pl.when(checks[0].fails).then(pl.lit(0, dtype=pl.UInt16))
-    for index, check in enumerate(checks[1:], start=1):
-        chain = chain.when(check.fails).then(pl.lit(index, dtype=pl.UInt16))
+def _first_failing(fails: list[pl.Expr]) -> pl.Expr:
+    """The index of the first check a row fails (null when it passes them all)."""
+    chain = pl.when(fails[0]).then(pl.lit(0, dtype=pl.UInt16))
+    for index, failing in enumerate(fails[1:], start=1):
+        chain = chain.when(failing).then(pl.lit(index, dtype=pl.UInt16))
     return chain.otherwise(pl.lit(None, dtype=pl.UInt16))
 
 
@@ -196,12 +200,18 @@ def quarantine(
         + _code_checks(table, present)
         + list(extra_code_checks)
         + list(reference_checks)
-        + [_duplicate_check(table)]
     )
-    frame = frame.with_columns(_first_failing(checks[:-1]).alias(_FAILED))
-    frame = _with_duplicate_checks(frame, table, raw_columns, exact_duplicates_allowed, len(checks) - 1)
+    fails = [c.fails_in(frame) for c in checks]
+    frame = frame.with_columns(pl.any_horizontal(fails).fill_null(False).alias(_BAD) if fails else pl.lit(False).alias(_BAD))
+    frame = _with_duplicate_checks(frame, table, raw_columns, exact_duplicates_allowed)
+    checks.append(_duplicate_check(table))
 
-    bad = frame.filter(pl.col(_FAILED).is_not_null())
+    bad = frame.filter(pl.col(_BAD) | pl.col("__kept_row").is_not_null()).with_columns(
+        pl.when(pl.col("__kept_row").is_not_null())
+        .then(pl.lit(len(checks) - 1, dtype=pl.UInt16))
+        .otherwise(_first_failing(fails) if fails else pl.lit(None, dtype=pl.UInt16))
+        .alias(_FAILED)
+    )
     column, problem = _described(checks, pl.col(_FAILED))
     rejected = bad.select(
         pl.lit(table.name).alias("source_table"),
@@ -219,7 +229,7 @@ def quarantine(
         .select(
             *[typed(c.name).alias(c.name) for c in table.columns],
             *[expr.alias(name) for name, expr in (extra_columns or {}).items()],
-            keep=pl.col(_FAILED).is_null() & ~pl.col("__exact_duplicate"),
+            keep=~pl.col(_BAD) & pl.col("__kept_row").is_null() & ~pl.col("__exact_duplicate"),
         )
         .filter("keep")
         .drop("keep")
@@ -239,20 +249,32 @@ def _duplicate_check(table: InputTable) -> Check:
     )
 
 
-def _with_duplicate_checks(
-    frame: pl.DataFrame, table: InputTable, raw_columns: list[str], exact_duplicates_allowed: bool, index: int
-) -> pl.DataFrame:
-    """Reject later rows of a key; the first row that passed every other check wins.
+def _maybe_repeated(frame: pl.DataFrame, key: list[pl.Expr]) -> pl.Expr:
+    """Rows whose key hash occurs more than once: every repeated key, and rarely a collision.
 
-    Only rows whose key occurs more than once need window work, so it runs on
-    that (usually tiny) part and is mapped back by row number without copying
-    the file. Rows are compared field by field, never by hash: a conflicting
-    row can't pass for an exact duplicate.
+    Sorting 64-bit hashes is several times faster than hashing strings into
+    groups; the exact comparison of the few candidates happens afterwards.
+    """
+    hashed = (pl.struct(key) if len(key) > 1 else key[0]).hash(seed=0)
+    ordered = np.sort(frame.select(hashed).to_series().to_numpy())
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    return hashed.is_in(pl.Series(repeated, dtype=pl.UInt64).implode())
+
+
+def _with_duplicate_checks(
+    frame: pl.DataFrame, table: InputTable, raw_columns: list[str], exact_duplicates_allowed: bool
+) -> pl.DataFrame:
+    """Mark later rows of a key: the first row that passed every other check wins.
+
+    Adds `__kept_row` (the winner's row number, on a conflicting row) and
+    `__exact_duplicate`. Only rows whose key occurs more than once need window
+    work, so it runs on that (usually tiny) part and is mapped back by row
+    number without copying the file. Rows are compared field by field, never
+    by hash: a conflicting row can't pass for an exact duplicate.
     """
     key = [typed(k) for k in table.key]
-    repeated = pl.struct(key).is_duplicated() if len(key) > 1 else key[0].is_duplicated()
-    many = frame.filter(repeated)
-    passing = pl.col(_FAILED).is_null()
+    many = frame.filter(_maybe_repeated(frame, key))
+    passing = ~pl.col(_BAD)
     winner = pl.col(ROW).filter(passing).min().over(key)
     later = passing & (pl.col(ROW) != winner)
     if exact_duplicates_allowed and raw_columns:
@@ -269,9 +291,4 @@ def _with_duplicate_checks(
     return frame.with_columns(
         pl.col(ROW).is_in(exact_rows.implode()).alias("__exact_duplicate"),
         kept.alias("__kept_row"),
-    ).with_columns(
-        pl.when(pl.col("__kept_row").is_not_null())
-        .then(pl.lit(index, dtype=pl.UInt16))
-        .otherwise(pl.col(_FAILED))
-        .alias(_FAILED)
     )

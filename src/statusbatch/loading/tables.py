@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from statusbatch import codes
-from statusbatch.loading.quarantine import Check, parse_date, typed
+from statusbatch.loading.quarantine import ROW, Check, parse_date, typed
 
 __all__ = ["event_code_checks", "reference_check", "participant_reference_check", "SEQUENCE_STATUS_VALUES"]
 
@@ -70,11 +70,26 @@ def reference_check(column: str, known: pl.Series, what: str) -> Check:
     )
 
 
-def participant_reference_check(known_pairs: pl.Series) -> Check:
-    """A participant_status event needs the participant it changes."""
-    pair = pl.concat_str(typed("study_id"), typed("person_id"), separator="\x1f")
+def participant_reference_check(participants: pl.DataFrame) -> Check:
+    """A participant_status event needs the participant it changes.
+
+    Found with an anti-join over the participant_status events only, not a
+    row expression over the whole log.
+    """
+
+    def fails(frame: pl.DataFrame) -> pl.Expr:
+        orphans = (
+            frame.lazy()
+            .filter(typed("event_type") == "participant_status")
+            .select(ROW, typed("study_id").alias("study_id"), typed("person_id").alias("person_id"))
+            .join(participants.lazy().select("study_id", "person_id"), on=["study_id", "person_id"], how="anti")
+            .collect()
+            .get_column(ROW)
+        )
+        return pl.col(ROW).is_in(orphans.implode())
+
     return Check(
         "study_id",
-        (typed("event_type") == "participant_status") & ~pair.is_in(known_pairs.implode()),
+        fails,
         pl.format("no participant for study '{}' and person '{}'", typed("study_id"), typed("person_id")),
     )
