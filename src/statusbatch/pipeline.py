@@ -12,7 +12,7 @@ from statusbatch import __version__, codes
 from statusbatch.config import JobConfig
 from statusbatch.config.conditions import compile_condition, condition_schema
 from statusbatch.loading import Inputs, load_inputs
-from statusbatch.models import contact, facts, participants
+from statusbatch.models import channel, contact, facts, participants, sequences
 from statusbatch.progress import Reporter
 from statusbatch.publish.parquet import export_parquet
 from statusbatch.publish.store import RunRecord, open_database, previous_statuses, publish, record_run
@@ -77,7 +77,7 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
     people = facts.people_as_of(inputs.people.lazy(), t)
     studies = inputs.studies.lazy()
     members = facts.participants_as_of(inputs.participants.lazy(), people, t)
-    events = facts.events_as_of(inputs.events.lazy(), inputs.people.lazy(), t)
+    events = facts.events_as_of(inputs.events.lazy(), inputs.people.lazy(), t).collect().lazy()
     research_events = facts.events_of_types(events, codes.RESEARCH_EVENTS)
 
     observations = participants.participant_observations(members, research_events, t)
@@ -93,11 +93,31 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
         contact.do_not_contact(people, research_events, rules),
         cooldowns,
     )
+    sequence = sequences.sequence_machine(
+        facts.events_of_types(events, codes.SEQUENCE_SCOPED_EVENTS + ("opted_out",)),
+        inputs.sequences.lazy(),
+        opt_outs,
+        as_of=t,
+        ooo_resume_days=config.sequences.ooo_resume_days,
+    )
+    messaging = channel.channel_machine(people, facts.events_of_types(events, codes.MESSAGING_EVENTS), as_of=t)
+    active_people = contact_status.filter(pl.col("active_in_study")).select("person_id")
     return {
         "contact_status": contact_status,
         "participant_status": participant_status,
         "study_progress": participants.study_progress(studies, participant_status, observations, t),
         "cooldowns": cooldowns,
+        "sequence_status": sequence.status,
+        "channel_status": messaging.status,
+        "archival_candidates": channel.archival_candidates(
+            messaging.status,
+            people,
+            active_people,
+            as_of=t,
+            dormant_after_days=config.dormancy.dormant_after_days,
+            delete_after_archived_days=config.dormancy.delete_after_archived_days,
+        ),
+        "rejected_transitions": pl.concat([sequence.rejected, messaging.rejected]),
     }
 
 
