@@ -114,11 +114,13 @@ def backfill(job_file: str, first: str, last: str, force: bool, input_dir: str |
     reporter = Reporter(quiet=True)
     log = Reporter()
     try:
-        with open_database(config.job.db, lock_timeout) as con:
-            done = published_as_ofs(con)
+        prepared = prepare(config, log)
+        done: set[date] = set()
+        if config.job.db.exists():
+            with open_database(config.job.db, lock_timeout) as con:
+                done = published_as_ofs(con)
         todo = [d for d in days if force or d not in done]
         log.log(f"backfill {start} → {end}: {len(days)} days, {len(days) - len(todo)} already published")
-        prepared = prepare(config, log)
         with Progress(console=log.console, disable=not log.interactive) as progress:
             task = progress.add_task("backfill", total=len(todo))
             for day in todo:
