@@ -77,8 +77,17 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
     people = facts.people_as_of(inputs.people.lazy(), t)
     studies = inputs.studies.lazy()
     members = facts.participants_as_of(inputs.participants.lazy(), people, t)
-    events = facts.events_as_of(inputs.events.lazy(), inputs.people.lazy(), t).collect().lazy()
-    research_events = facts.events_of_types(events, codes.RESEARCH_EVENTS)
+    events = facts.events_as_of(inputs.events.lazy(), inputs.people.lazy(), t)
+    research_events, sequence_events, messaging_events = (
+        frame.lazy()
+        for frame in pl.collect_all(
+            [
+                facts.events_of_types(events, codes.RESEARCH_EVENTS),
+                facts.events_of_types(events, codes.SEQUENCE_SCOPED_EVENTS + ("opted_out",)),
+                facts.events_of_types(events, codes.MESSAGING_EVENTS),
+            ]
+        )
+    )
 
     observations = participants.participant_observations(members, research_events, t)
     participant_status = participants.participant_status(members, observations)
@@ -94,13 +103,13 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
         cooldowns,
     )
     sequence = sequences.sequence_machine(
-        facts.events_of_types(events, codes.SEQUENCE_SCOPED_EVENTS + ("opted_out",)),
+        sequence_events,
         inputs.sequences.lazy(),
         opt_outs,
         as_of=t,
         ooo_resume_days=config.sequences.ooo_resume_days,
     )
-    messaging = channel.channel_machine(people, facts.events_of_types(events, codes.MESSAGING_EVENTS), as_of=t)
+    messaging = channel.channel_machine(people, messaging_events, as_of=t)
     active_people = contact_status.filter(pl.col("active_in_study")).select("person_id")
     return {
         "contact_status": contact_status,

@@ -39,5 +39,6 @@ def events_as_of(events: pl.LazyFrame, all_people: pl.LazyFrame, as_of: datetime
 
 
 def events_of_types(events: pl.LazyFrame, types: tuple[str, ...]) -> pl.LazyFrame:
-    """The events a model reads: each model scans its own (much smaller) share of the log."""
+    """The events a model reads: each model gets its own (much smaller) share of the log,
+    and the whole log is never copied."""
     return events.filter(pl.col("event_type").is_in(types))
