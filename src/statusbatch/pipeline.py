@@ -12,7 +12,7 @@ from statusbatch import __version__, codes
 from statusbatch.config import JobConfig
 from statusbatch.config.conditions import compile_condition, condition_schema
 from statusbatch.loading import Inputs, load_inputs
-from statusbatch.models import channel, contact, facts, participants, sequences
+from statusbatch.models import channel, contact, facts, governance, history, participants, sequences
 from statusbatch.progress import Reporter
 from statusbatch.publish.parquet import export_parquet
 from statusbatch.publish.store import RunRecord, open_database, previous_statuses, publish, record_run
@@ -91,6 +91,9 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
 
     observations = participants.participant_observations(members, research_events, t)
     participant_status = participants.participant_status(members, observations)
+    timelines = history.component_timelines(
+        people, research_events, observations, studies, config.cooldown, config.blocklist.no_show_threshold
+    ).materialized()
     starts = contact.cooldown_starts(research_events, observations, config.cooldown)
     cooldowns = contact.cooldowns(starts, t, as_of.day)
     opt_outs = contact.opt_out_changes(research_events, observations)
@@ -127,6 +130,10 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
             delete_after_archived_days=config.dormancy.delete_after_archived_days,
         ),
         "rejected_transitions": pl.concat([sequence.rejected, messaging.rejected]),
+        "contact_status_history": history.contact_status_history(people, timelines, t),
+        "governance_violations": governance.governance_violations(
+            research_events, observations, timelines, config.cooldown, t
+        ),
     }
 
 

@@ -90,8 +90,13 @@ def status_transitions(observations: pl.LazyFrame, statuses: tuple[str, ...]) ->
 
     A status seen again (an export row repeating the event that set it) is the
     same occurrence, so no-shows and completions are counted once each.
+    `observations` come sorted by participant and fact order, so the previous
+    observation is the previous row when it belongs to the same participant.
     """
-    previous = pl.col("participant_status").shift(1).over("study_id", "person_id")
+    same_participant = (pl.col("study_id") == pl.col("study_id").shift(1)) & (
+        pl.col("person_id") == pl.col("person_id").shift(1)
+    )
+    previous = pl.when(same_participant).then(pl.col("participant_status").shift(1))
     return observations.filter(
         pl.col("participant_status").is_in(statuses)
         & (previous.is_null() | (previous != pl.col("participant_status")))

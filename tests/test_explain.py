@@ -1,0 +1,143 @@
+"""`statusbatch explain` (SPEC §6) on a database written by a real run."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import polars as pl
+import pytest
+from conftest import Workspace, cli, event, participant, person, study
+
+from statusbatch import pipeline
+from statusbatch.models import facts, governance, history, participants
+
+ORIGINAL_COMPUTE = pipeline.compute_tables
+
+
+def compute_with_history(inputs, config, as_of, rules):
+    """compute_tables plus the history and governance tables, wired as proposed for pipeline.py
+    (a no-op once pipeline.py computes them itself)."""
+    tables = ORIGINAL_COMPUTE(inputs, config, as_of, rules)
+    t = as_of.instant
+    people = facts.people_as_of(inputs.people.lazy(), t)
+    members = facts.participants_as_of(inputs.participants.lazy(), people, t)
+    events = facts.events_as_of(inputs.events.lazy(), people, t)
+    observations = participants.participant_observations(members, events, t)
+    timelines = history.component_timelines(
+        people, events, observations, inputs.studies.lazy(), config.cooldown, config.blocklist.no_show_threshold
+    )
+    tables.setdefault("contact_status_history", history.contact_status_history(people, timelines, t))
+    tables.setdefault(
+        "governance_violations", governance.governance_violations(events, observations, timelines, config.cooldown, t)
+    )
+    return tables
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    patch = pytest.MonkeyPatch()
+    patch.setattr(pipeline, "compute_tables", compute_with_history)
+    try:
+        ws = Workspace(tmp_path_factory.mktemp("explain") / "ws").write(
+            people=[person("p1"), person("p2"), person("p3")],
+            studies=[study("S1"), study("S2", closed_at="2026-02-15T00:00:00Z")],
+            participants=[participant("S1", "p2", "interview_scheduled", "2026-03-20T00:00:00Z")],
+            events=[
+                event("e1", "p1", "2026-03-01T09:00:00Z", "invited", study_id="S1"),
+                event("e2", "p1", "2026-03-10T09:00:00Z", "invited", study_id="S2"),
+                event("e3", "p3", "2026-02-01T08:00:00Z", "opted_out", reason="asked by phone"),
+            ],
+        )
+        ws.run(as_of="2026-03-20")
+        ws.run(as_of="2026-03-31")
+    finally:
+        patch.undo()
+    return ws.db
+
+
+def explain(*args: str):
+    return cli("explain", *args)
+
+
+def test_rich_report_names_the_deciding_facts(db):
+    result = explain("--db", str(db), "p1")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "p1 — in_cooldown (as of 2026-03-31)" in out
+    # the cooldown: its end, source event and study; the governance row of the second invite
+    assert "2026-04-09T09:00:00Z" in out and "e2" in out
+    assert "invite e2 to S2 on 2026-03-10 09:00:00Z: in_cooldown, override_required" in out
+    for table in ("cooldowns", "governance_violations", "contact_status_history", "status_changes"):
+        assert table in out
+
+
+def test_json_is_one_document_with_every_table(db):
+    result = explain("--db", str(db), "--json", "p2")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["person_id"] == "p2" and doc["as_of"] == "2026-03-31"
+    assert doc["contact_status"]["contact_status"] == "active_in_study"
+    assert doc["contact_status"]["active_study_ids"] == ["S1"]
+    assert [r["study_id"] for r in doc["participant_status"]] == ["S1"]
+    assert [(r["contact_status"], r["valid_from"], r["valid_to"]) for r in doc["contact_status_history"]] == [
+        ("free_to_contact", "2026-01-01T00:00:00Z", "2026-03-20T00:00:00Z"),
+        ("active_in_study", "2026-03-20T00:00:00Z", None),
+    ]
+    assert [(r["as_of"], r["contact_status"]) for r in doc["status_changes"]] == [("2026-03-20", "active_in_study")]
+    assert any("active in study S1" in line for line in doc["decided_by"])
+
+
+def test_an_earlier_published_as_of(db):
+    result = explain("--db", str(db), "--json", "--as-of", "2026-03-20", "p3")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["as_of"] == "2026-03-20"
+    assert doc["contact_status"]["contact_status"] == "opted_out"
+    assert "e3" in doc["contact_status"]["reason"]
+
+
+def test_read_only_the_database_is_unchanged(db):
+    before = duckdb.connect(str(db), read_only=True).execute("select count(*) from runs").fetchall()
+    explain("--db", str(db), "p1")
+    after = duckdb.connect(str(db), read_only=True).execute("select count(*) from runs").fetchall()
+    assert before == after
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["p9"], "person 'p9' is not in contact_status as of 2026-03-31"),
+        (["--as-of", "2026-01-01", "p1"], "no published as_of 2026-01-01"),
+        (["--as-of", "yesterday", "p1"], "--as-of: expected a date"),
+    ],
+)
+def test_known_problems_exit_2_with_one_line(db, args, message):
+    result = explain("--db", str(db), *args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_missing_or_foreign_database_exits_2(tmp_path):
+    missing = explain("--db", str(tmp_path / "nope.duckdb"), "p1")
+    assert missing.exit_code == 2 and "no such database file" in missing.output
+    empty = tmp_path / "empty.duckdb"
+    duckdb.connect(str(empty)).close()
+    no_tables = explain("--db", str(empty), "p1")
+    assert no_tables.exit_code == 2 and "no contact_status table" in no_tables.output
+    junk = tmp_path / "junk.duckdb"
+    junk.write_text("not a database")
+    unreadable = explain("--db", str(junk), "p1")
+    assert unreadable.exit_code == 2 and "cannot read the database" in unreadable.output
+
+
+def test_history_and_violations_are_published_in_their_schemas(db):
+    con = duckdb.connect(str(db), read_only=True)
+    history_rows = con.execute("select count(*) from contact_status_history").fetchall()[0][0]
+    kinds = con.sql("select kind from governance_violations where as_of = '2026-03-31'").pl()
+    con.close()
+    assert history_rows > 0
+    assert kinds.get_column("kind").to_list() == ["override_required"]
+    assert kinds.schema["kind"] == pl.String

@@ -1,0 +1,175 @@
+"""`governance_violations` (SPEC §3.2, §7.10): invites checked against the status just before them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import Workspace, event, participant, person, study
+from test_history import timelines
+
+from statusbatch.config import load_job
+from statusbatch.loading import load_inputs
+from statusbatch.models import facts, governance, participants
+from statusbatch.pipeline import parse_as_of
+
+S1, S2 = study("S1"), study("S2")
+NO_AUTO = "[cooldown]\nafter_invite_days = 0\nafter_completion_days = 0\n"
+
+
+def violations(tmp_path: Path, job_body: str = "", as_of: str = "2026-03-31", **tables) -> dict[str, tuple]:
+    """event_id -> (status_at_invite, kind) for every invite that is a row."""
+    ws = Workspace(tmp_path / "ws").write(job_body, **tables)
+    t = parse_as_of(as_of).instant
+    inputs, config = load_inputs(ws.input), load_job(ws.job)
+    assert inputs.rejected_rows.height == 0, inputs.rejected_rows
+    people, components = timelines(inputs, ws.job, t)
+    events = facts.events_as_of(inputs.events.lazy(), people, t)
+    observations = participants.participant_observations(
+        facts.participants_as_of(inputs.participants.lazy(), people, t), events, t
+    )
+    frame = governance.governance_violations(events, observations, components, config.cooldown, t).collect()
+    return {r["event_id"]: (str(r["status_at_invite"]), str(r["kind"])) for r in frame.iter_rows(named=True)}
+
+
+def invite(event_id: str, at: str, study_id: str = "S1", person_id: str = "p1", **more) -> dict:
+    return event(event_id, person_id, at, "invited", study_id=study_id, **more)
+
+
+def test_reminders_for_the_same_study_are_not_violations(tmp_path):
+    got = violations(
+        tmp_path,
+        people=[person("p1"), person("p2")],
+        studies=[S1],
+        participants=[participant("S1", "p2", "screener_started", "2026-01-05T00:00:00Z")],
+        events=[
+            invite("i1", "2026-01-10T00:00:00Z"),
+            invite("i2", "2026-01-17T00:00:00Z"),  # in cooldown from S1's own invite
+            invite("i3", "2026-01-10T00:00:00Z", person_id="p2"),  # active in S1 itself
+        ],
+    )
+    assert got == {}
+
+
+def test_cooldown_from_another_study_needs_an_override_reason(tmp_path):
+    got = violations(
+        tmp_path,
+        people=[person("p1")],
+        studies=[S1, S2],
+        events=[
+            invite("i1", "2026-01-10T00:00:00Z"),
+            invite("i2", "2026-01-20T00:00:00Z", "S2"),
+            invite("i3", "2026-01-21T00:00:00Z", "S2", reason="approved by the research lead"),
+            invite("i4", "2026-01-22T00:00:00Z", "S2", reason="   "),
+        ],
+    )
+    assert got == {
+        "i2": ("in_cooldown", "override_required"),
+        "i3": ("in_cooldown", "overridden"),
+        "i4": ("in_cooldown", "override_required"),  # a blank reason is no reason
+    }
+
+
+def test_opted_out_and_blocklisted_people_cannot_be_overridden(tmp_path):
+    got = violations(
+        tmp_path,
+        NO_AUTO,
+        people=[person("p1"), person("p2")],
+        studies=[S1],
+        events=[
+            event("o1", "p1", "2026-01-05T00:00:00Z", "opted_out"),
+            invite("i1", "2026-01-10T00:00:00Z", reason="they said yes on the phone"),
+            event("b1", "p2", "2026-01-05T00:00:00Z", "blocklist_added"),
+            invite("i2", "2026-01-10T00:00:00Z", person_id="p2"),
+        ],
+    )
+    assert got == {"i1": ("opted_out", "not_overridable"), "i2": ("in_blocklist", "not_overridable")}
+
+
+def test_active_in_another_study_and_manual_do_not_contact(tmp_path):
+    got = violations(
+        tmp_path,
+        NO_AUTO,
+        people=[person("p1"), person("p2")],
+        studies=[S1, S2],
+        participants=[participant("S2", "p1", "interview_scheduled", "2026-01-05T00:00:00Z")],
+        events=[
+            invite("i1", "2026-01-10T00:00:00Z"),
+            event("d1", "p2", "2026-01-05T00:00:00Z", "do_not_contact_set"),
+            invite("i2", "2026-01-10T00:00:00Z", person_id="p2"),
+            event("d2", "p2", "2026-01-11T00:00:00Z", "do_not_contact_cleared"),
+            invite("i3", "2026-01-12T00:00:00Z", person_id="p2"),
+        ],
+    )
+    assert got == {"i1": ("active_in_study", "override_required"), "i2": ("do_not_contact", "override_required")}
+
+
+def test_opt_outs_and_no_shows_from_the_inviting_study_still_count(tmp_path):
+    got = violations(
+        tmp_path,
+        NO_AUTO,
+        people=[person("p1"), person("p2")],
+        studies=[S1, S2],
+        participants=[
+            participant("S1", "p1", "no_showed", "2026-01-05T00:00:00Z"),
+            participant("S2", "p1", "no_showed", "2026-01-06T00:00:00Z"),
+            participant("S1", "p2", "hard_bounced", "2026-01-05T00:00:00Z"),
+        ],
+        events=[invite("i1", "2026-01-10T00:00:00Z"), invite("i2", "2026-01-10T00:00:00Z", person_id="p2")],
+    )
+    assert got == {"i1": ("in_blocklist", "not_overridable"), "i2": ("opted_out", "not_overridable")}
+
+
+def test_only_facts_strictly_before_the_invite_count(tmp_path):
+    """An opt-out at the invite's instant does not count, whatever its event id; a cooldown
+    ending at that instant is over; a clear before the invite ends the cooldown."""
+    got = violations(
+        tmp_path,
+        people=[person("p1"), person("p2"), person("p3")],
+        studies=[S1, S2],
+        events=[
+            event("a", "p1", "2026-01-10T00:00:00Z", "opted_out"),
+            invite("b", "2026-01-10T00:00:00Z"),
+            invite("c", "2026-01-01T00:00:00Z", person_id="p2"),
+            invite("d", "2026-01-31T00:00:00Z", "S2", person_id="p2"),  # 30 days later: cooldown just ended
+            invite("e", "2026-01-01T00:00:00Z", person_id="p3"),
+            event("f", "p3", "2026-01-02T00:00:00Z", "cooldown_cleared"),
+            invite("g", "2026-01-03T00:00:00Z", "S2", person_id="p3"),
+        ],
+    )
+    assert got == {}
+
+
+def test_completion_cooldown_of_the_inviting_study_is_left_out_but_not_another_studys(tmp_path):
+    got = violations(
+        tmp_path,
+        "[cooldown]\nafter_invite_days = 0\nafter_completion_days = 90\n",
+        people=[person("p1")],
+        studies=[S1, S2],
+        participants=[participant("S1", "p1", "interview_completed", "2026-01-05T00:00:00Z")],
+        events=[invite("i1", "2026-01-10T00:00:00Z"), invite("i2", "2026-01-10T00:00:00Z", "S2")],
+    )
+    assert got == {"i2": ("in_cooldown", "override_required")}
+
+
+def test_rolling_limit_counts_leave_out_the_inviting_studys_own_invites(tmp_path):
+    limit = "[cooldown]\nafter_invite_days = 0\n[[cooldown.limits]]\ntrigger = 'invite'\ncount = 2\nwindow_days = 30\n"
+    got = violations(
+        tmp_path,
+        limit,
+        people=[person("p1"), person("p2")],
+        studies=[S1, S2, study("S3")],
+        events=[
+            invite("i1", "2026-01-10T00:00:00Z"),
+            invite("i2", "2026-01-12T00:00:00Z"),
+            invite("i3", "2026-01-14T00:00:00Z"),  # S1's own invites only: a reminder
+            invite("i4", "2026-01-14T00:00:00Z", "S2"),  # two S1 invites in the window: limit
+            invite("i5", "2026-02-11T00:00:00Z", "S2"),  # i1 and i2 left the window, i3 alone is 1 < 2
+            # p2: S1 + S2 invites put an S3 invite under the limit, until a clear
+            invite("j1", "2026-01-10T00:00:00Z", person_id="p2"),
+            invite("j2", "2026-01-11T00:00:00Z", "S2", person_id="p2"),
+            invite("j3", "2026-01-12T00:00:00Z", "S3", person_id="p2"),
+            event("j4", "p2", "2026-01-13T00:00:00Z", "cooldown_cleared"),
+            invite("j5", "2026-01-14T00:00:00Z", "S3", person_id="p2"),
+        ],
+    )
+    assert got == {"i4": ("in_cooldown", "override_required"), "j3": ("in_cooldown", "override_required")}

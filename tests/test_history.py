@@ -1,0 +1,353 @@
+"""`contact_status_history` (SPEC §4): event-sourced intervals, and agreement with the at-T model."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+from conftest import Workspace, event, participant, person, study, ts
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from statusbatch.config import load_job
+from statusbatch.loading import Inputs, load_inputs
+from statusbatch.models import contact, facts, history, participants
+from statusbatch.pipeline import compute_tables, parse_as_of
+
+UTC = timezone.utc
+OPEN = None  # valid_to of the current interval
+
+
+def timelines(inputs: Inputs, job_file: Path, as_of: datetime) -> tuple[pl.LazyFrame, history.ComponentTimelines]:
+    """people at T and the component timelines, prepared as compute_tables prepares the at-T models."""
+    config = load_job(job_file)
+    people = facts.people_as_of(inputs.people.lazy(), as_of)
+    members = facts.participants_as_of(inputs.participants.lazy(), people, as_of)
+    events = facts.events_as_of(inputs.events.lazy(), people, as_of)
+    observations = participants.participant_observations(members, events, as_of)
+    return people, history.component_timelines(
+        people, events, observations, inputs.studies.lazy(), config.cooldown, config.blocklist.no_show_threshold
+    )
+
+
+def history_of(tmp_path: Path, job_body: str = "", as_of: str = "2026-03-31", **tables) -> dict[str, list[tuple]]:
+    """person_id -> [(contact_status, valid_from, valid_to), ...] in time order."""
+    ws = Workspace(tmp_path / "ws").write(job_body, **tables)
+    t = parse_as_of(as_of).instant
+    people, components = timelines(load_inputs(ws.input), ws.job, t)
+    frame = history.contact_status_history(people, components, t).collect().sort("person_id", "valid_from")
+    out: dict[str, list[tuple]] = {}
+    for person_id, status, valid_from, valid_to in frame.iter_rows():
+        out.setdefault(person_id, []).append((str(status), valid_from, valid_to))
+    return out
+
+
+def spans(*points: tuple[str, str]) -> list[tuple]:
+    """[(status, from), ...] -> intervals, each ending where the next starts, the last one open."""
+    froms = [ts(at) for _, at in points]
+    return [(status, start, end) for (status, _), start, end in zip(points, froms, [*froms[1:], OPEN], strict=True)]
+
+
+S1, S2 = study("S1"), study("S2")
+NO_AUTO = "[cooldown]\nafter_invite_days = 0\nafter_completion_days = 0\n"
+
+
+def test_cooldown_end_is_a_change_point_and_overlapping_cooldowns_merge(tmp_path):
+    got = history_of(
+        tmp_path,
+        people=[person("p1"), person("p2")],
+        studies=[S1, S2],
+        events=[
+            event("e1", "p1", "2026-01-10T00:00:00Z", "invited", study_id="S1"),
+            event("e2", "p1", "2026-01-20T00:00:00Z", "invited", study_id="S2"),
+        ],
+    )
+    assert got["p1"] == spans(
+        ("free_to_contact", "2026-01-01T00:00:00Z"),
+        ("in_cooldown", "2026-01-10T00:00:00Z"),
+        ("free_to_contact", "2026-02-19T00:00:00Z"),  # 30 × 24 h after the second invite
+    )
+    assert got["p2"] == spans(("free_to_contact", "2026-01-01T00:00:00Z"))
+
+
+def test_active_in_study_ends_at_study_close_and_reverts_to_the_stored_status(tmp_path):
+    got = history_of(
+        tmp_path,
+        people=[person("p1")],
+        studies=[study("S1", closed_at="2026-03-01T00:00:00Z")],
+        participants=[participant("S1", "p1", "interview_scheduled", "2026-01-15T00:00:00Z")],
+        events=[
+            event("e1", "p1", "2026-01-14T00:00:00Z", "invited", study_id="S1"),
+            event("e2", "p1", "2026-02-20T00:00:00Z", "cooldown_set", value="2026-03-10"),
+        ],
+    )
+    assert got["p1"] == spans(
+        ("free_to_contact", "2026-01-01T00:00:00Z"),
+        ("in_cooldown", "2026-01-14T00:00:00Z"),
+        ("active_in_study", "2026-01-15T00:00:00Z"),  # the invite's cooldown ends underneath on 02-13
+        ("in_cooldown", "2026-03-01T00:00:00Z"),  # study closed: back to the stored status
+        ("free_to_contact", "2026-03-11T00:00:00Z"),  # the manual date is inclusive
+    )
+
+
+def test_terminal_stage_ends_active_in_study_while_the_study_stays_open(tmp_path):
+    got = history_of(
+        tmp_path,
+        "[cooldown]\nafter_invite_days = 0\nafter_completion_days = 10\n",
+        people=[person("p1")],
+        studies=[S1],
+        participants=[participant("S1", "p1", "screener_started", "2026-01-05T00:00:00Z")],
+        events=[event("e1", "p1", "2026-01-20T12:00:00Z", "participant_status", study_id="S1", value="survey_completed")],
+    )
+    assert got["p1"] == spans(
+        ("free_to_contact", "2026-01-01T00:00:00Z"),
+        ("active_in_study", "2026-01-05T00:00:00Z"),
+        ("in_cooldown", "2026-01-20T12:00:00Z"),
+        ("free_to_contact", "2026-01-30T12:00:00Z"),
+    )
+
+
+def test_study_opening_is_a_change_point(tmp_path):
+    got = history_of(
+        tmp_path,
+        NO_AUTO,
+        people=[person("p1")],
+        studies=[study("S1", opened_at="2026-02-01T00:00:00Z")],
+        participants=[participant("S1", "p1", "study_invited", "2026-01-10T00:00:00Z")],
+    )
+    assert got["p1"] == spans(("free_to_contact", "2026-01-01T00:00:00Z"), ("active_in_study", "2026-02-01T00:00:00Z"))
+
+
+def test_opt_out_revoke_and_a_hard_bounce(tmp_path):
+    got = history_of(
+        tmp_path,
+        NO_AUTO,
+        people=[person("p1")],
+        studies=[S1],
+        participants=[participant("S1", "p1", "not_contacted")],
+        events=[
+            event("e1", "p1", "2026-01-05T00:00:00Z", "opted_out"),
+            event("e2", "p1", "2026-01-20T00:00:00Z", "opt_out_revoked"),
+            event("e3", "p1", "2026-01-25T00:00:00Z", "unsubscribed", value="newsletter"),
+            event("e4", "p1", "2026-02-01T00:00:00Z", "participant_status", study_id="S1", value="hard_bounced"),
+        ],
+    )
+    assert got["p1"] == spans(
+        ("free_to_contact", "2026-01-01T00:00:00Z"),
+        ("opted_out", "2026-01-05T00:00:00Z"),
+        ("free_to_contact", "2026-01-20T00:00:00Z"),
+        ("opted_out", "2026-02-01T00:00:00Z"),
+    )
+
+
+def test_no_show_rule_until_a_removal(tmp_path):
+    got = history_of(
+        tmp_path,
+        NO_AUTO,
+        people=[person("p1")],
+        studies=[S1, S2],
+        participants=[
+            participant("S1", "p1", "no_showed", "2026-01-10T00:00:00Z"),
+            participant("S2", "p1", "no_showed", "2026-01-20T00:00:00Z"),
+        ],
+        events=[event("e1", "p1", "2026-02-01T00:00:00Z", "blocklist_removed")],
+    )
+    assert got["p1"] == spans(
+        ("free_to_contact", "2026-01-01T00:00:00Z"),
+        ("in_blocklist", "2026-01-20T00:00:00Z"),  # the second no-show is the one the rule needs
+        ("free_to_contact", "2026-02-01T00:00:00Z"),
+    )
+
+
+def test_facts_at_one_instant_leave_only_the_state_after_the_last(tmp_path):
+    got = history_of(
+        tmp_path,
+        NO_AUTO,
+        people=[person("p1"), person("p2")],
+        studies=[S1],
+        events=[
+            # "e10" < "e2": the opt-out is the later fact, the person is opted out
+            event("e2", "p1", "2026-01-05T00:00:00Z", "opted_out"),
+            event("e10", "p1", "2026-01-05T00:00:00Z", "opt_out_revoked"),
+            # set then cleared at one instant: never visible
+            event("a", "p2", "2026-01-05T00:00:00Z", "do_not_contact_set"),
+            event("b", "p2", "2026-01-05T00:00:00Z", "do_not_contact_cleared"),
+        ],
+    )
+    assert got["p1"] == spans(("free_to_contact", "2026-01-01T00:00:00Z"), ("opted_out", "2026-01-05T00:00:00Z"))
+    assert got["p2"] == spans(("free_to_contact", "2026-01-01T00:00:00Z"))
+
+
+def test_clear_ends_every_cooldown_and_rolling_limit_ends_when_the_oldest_trigger_leaves(tmp_path):
+    got = history_of(
+        tmp_path,
+        "[cooldown]\nafter_invite_days = 0\n[[cooldown.limits]]\ntrigger = 'invite'\ncount = 2\nwindow_days = 10\n",
+        people=[person("p1"), person("p2")],
+        studies=[S1, S2],
+        events=[
+            event("e1", "p1", "2026-01-10T00:00:00Z", "invited", study_id="S1"),
+            event("e2", "p1", "2026-01-15T00:00:00Z", "invited", study_id="S2"),
+            event("e3", "p2", "2026-01-10T00:00:00Z", "cooldown_set", value="2026-01-31"),
+            event("e4", "p2", "2026-01-12T06:00:00Z", "cooldown_cleared"),
+        ],
+    )
+    assert got["p1"] == spans(
+        ("free_to_contact", "2026-01-01T00:00:00Z"),
+        ("in_cooldown", "2026-01-15T00:00:00Z"),
+        ("free_to_contact", "2026-01-20T00:00:00Z"),
+    )
+    assert got["p2"] == spans(
+        ("free_to_contact", "2026-01-01T00:00:00Z"),
+        ("in_cooldown", "2026-01-10T00:00:00Z"),
+        ("free_to_contact", "2026-01-12T06:00:00Z"),
+    )
+
+
+def test_history_starts_at_an_earlier_first_fact_and_ignores_rule_based_dnc(tmp_path):
+    got = history_of(
+        tmp_path,
+        NO_AUTO + "[[do_not_contact]]\nname = 'minors'\nwhen = 'age < 18'\n",
+        people=[person("p1", "2026-02-01T00:00:00Z", age=15), person("p2", age=15)],
+        studies=[S1],
+        events=[
+            event("e1", "p1", "2026-01-15T00:00:00Z", "do_not_contact_set"),
+            event("e2", "p1", "2026-03-01T00:00:00Z", "do_not_contact_cleared"),
+        ],
+    )
+    assert got["p1"] == spans(("do_not_contact", "2026-01-15T00:00:00Z"), ("free_to_contact", "2026-03-01T00:00:00Z"))
+    assert got["p2"] == spans(("free_to_contact", "2026-01-01T00:00:00Z"))
+
+
+def test_nothing_after_t_and_people_created_after_t_are_absent(tmp_path):
+    got = history_of(
+        tmp_path,
+        as_of="2026-01-31",
+        people=[person("p1"), person("p2", "2026-02-10T00:00:00Z")],
+        studies=[S1],
+        events=[
+            event("e1", "p1", "2026-01-20T00:00:00Z", "invited", study_id="S1"),
+            event("e2", "p1", "2026-02-05T00:00:00Z", "opted_out"),
+        ],
+    )
+    # the cooldown runs to 02-19, after T: the current interval stays open
+    assert got == {"p1": spans(("free_to_contact", "2026-01-01T00:00:00Z"), ("in_cooldown", "2026-01-20T00:00:00Z"))}
+
+
+def test_every_cooldown_start_minus_those_before_the_latest_clear_is_the_at_t_model(tmp_path):
+    """Guards the reuse of contact.cooldown_starts for the full timeline."""
+    ws = Workspace(tmp_path / "ws").write(
+        "[[cooldown.limits]]\ntrigger = 'invite'\ncount = 2\nwindow_days = 30\n",
+        people=[person("p1")],
+        studies=[S1],
+        participants=[participant("S1", "p1", "survey_completed", "2026-01-03T00:00:00Z")],
+        events=[
+            event("e1", "p1", "2026-01-02T00:00:00Z", "invited", study_id="S1"),
+            event("e2", "p1", "2026-01-04T00:00:00Z", "cooldown_cleared"),
+            event("e3", "p1", "2026-01-05T00:00:00Z", "invited", study_id="S1"),
+            event("e4", "p1", "2026-01-06T00:00:00Z", "cooldown_set", value="2026-01-07"),
+        ],
+    )
+    inputs, t = load_inputs(ws.input), parse_as_of("2026-03-31").instant
+    events = inputs.events.lazy()
+    observations = participants.participant_observations(inputs.participants.lazy(), events, t)
+    rules = load_job(ws.job).cooldown
+    every = history.all_cooldown_starts(events, observations, rules).collect()
+    after_clear = contact.cooldown_starts(events, observations, rules).collect()
+    assert sorted(every.get_column("event_id").fill_null("export").to_list()) == ["e1", "e3", "e3", "e4", "export"]
+    assert after_clear.sort("at", "source").equals(every.filter(pl.col("at") > ts("2026-01-04T00:00:00Z")).sort("at", "source"))
+
+
+# -- property: the history at any t is the at-T model's contact status as of t -----------------
+
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+EVENT_IDS = ["e1", "e2", "e9", "e10", "a", "b", "z", "x-1", "x10", "7", "07", "m", "n", "q"]
+STATUSES = [
+    "no_showed", "hard_bounced", "interview_completed", "survey_completed", "survey_started",
+    "interview_scheduled", "study_invited", "not_contacted", "canceled", "incentive_sent",
+]
+PERSON_EVENTS = [
+    "opted_out", "opt_out_revoked", "blocklist_added", "blocklist_removed", "cooldown_set",
+    "cooldown_cleared", "do_not_contact_set", "do_not_contact_cleared",
+]
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@st.composite
+def workspaces(draw):
+    """A few people, studies, participants and events on a coarse grid of instants (ties are common)."""
+    pool = draw(st.lists(st.integers(0, 60).map(lambda d: BASE + timedelta(days=d)), min_size=2, max_size=6, unique=True))
+    instant, maybe = st.sampled_from(pool), st.one_of(st.none(), st.sampled_from(pool))
+    people = [person(f"p{i}", _iso(draw(instant))) for i in range(draw(st.integers(1, 3)))]
+    studies = [study(f"S{i}", _iso(draw(maybe)), _iso(draw(maybe))) for i in range(draw(st.integers(1, 2)))]
+    members = [
+        participant(s["study_id"], p["person_id"], draw(st.sampled_from(STATUSES)), _iso(draw(maybe)), _iso(draw(instant)))
+        for p in people
+        for s in studies
+        if draw(st.booleans())
+    ]
+    events = []
+    for event_id in draw(st.lists(st.sampled_from(EVENT_IDS), unique=True, min_size=2, max_size=14)):
+        at = _iso(draw(instant))
+        kind = draw(st.sampled_from(["invited", "participant_status", "person", "person", "cooldown"]))
+        if kind == "participant_status" and members:
+            m = draw(st.sampled_from(members))
+            events.append(event(event_id, m["person_id"], at, kind, study_id=m["study_id"], value=draw(st.sampled_from(STATUSES))))
+        elif kind == "invited":
+            events.append(event(event_id, draw(st.sampled_from(people))["person_id"], at, kind, study_id=draw(st.sampled_from(studies))["study_id"]))
+        else:
+            kind = draw(st.sampled_from(["cooldown_set", "cooldown_cleared"] if kind == "cooldown" else PERSON_EVENTS))
+            value = (BASE + timedelta(days=draw(st.integers(0, 70)))).date().isoformat() if kind == "cooldown_set" else None
+            events.append(event(event_id, draw(st.sampled_from(people))["person_id"], at, kind, value=value))
+    job = (
+        f"[cooldown]\nafter_invite_days = {draw(st.sampled_from([0, 1, 7]))}\n"
+        f"after_completion_days = {draw(st.sampled_from([0, 2, 20]))}\n"
+    )
+    if draw(st.booleans()):
+        job += f"[[cooldown.limits]]\ntrigger = '{draw(st.sampled_from(['invite', 'completion']))}'\ncount = {draw(st.integers(1, 2))}\nwindow_days = {draw(st.sampled_from([1, 5, 30]))}\n"
+    job += f"[blocklist]\nno_show_threshold = {draw(st.integers(0, 2))}\n"
+    probes = draw(st.lists(st.integers(0, 90 * 24), min_size=1, max_size=2))
+    return people, studies, members, events, job, [*pool, *(BASE + timedelta(hours=h) for h in probes)]
+
+
+def _pending(members: list[dict], events: list[dict], person_id: str, t: datetime) -> bool:
+    """An observation dated at or before t of a participant added after t: the at-T model cannot know it yet."""
+    for m in members:
+        added = ts(m["added_at"])
+        if m["person_id"] != person_id or added <= t:
+            continue
+        dated = [ts(m["status_updated_at"] or m["added_at"])] + [
+            ts(e["occurred_at"]) for e in events
+            if e["event_type"] == "participant_status" and e["person_id"] == person_id and e["study_id"] == m["study_id"]
+        ]
+        if any(at <= t for at in dated):
+            return True
+    return False
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workspaces())
+def test_history_at_any_instant_is_the_at_t_status(workspace):
+    people, studies, members, events, job, probes = workspace
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace(Path(tmp)).write(job, people=people, studies=studies, participants=members, events=events)
+        inputs, config = load_inputs(ws.input), load_job(ws.job)
+        assert inputs.rejected_rows.height == 0, inputs.rejected_rows
+        final = parse_as_of("2026-04-30")
+        people_at, components = timelines(inputs, ws.job, final.instant)
+        found = history.contact_status_history(people_at, components, final.instant).collect()
+        # probe every fact instant and change point, the microsecond before each, and a few random instants
+        points = [*probes, *found.get_column("valid_from").to_list()]
+        probes = sorted({*points, *(p - timedelta(microseconds=1) for p in points)})
+        for t in probes:
+            at_t = compute_tables(inputs, config, parse_as_of(t.isoformat()), {})["contact_status"].collect()
+            expected = dict(zip(at_t.get_column("person_id"), at_t.get_column("contact_status").cast(pl.String), strict=True))
+            current = found.filter((pl.col("valid_from") <= t) & (pl.col("valid_to").is_null() | (pl.col("valid_to") > t)))
+            got = dict(zip(current.get_column("person_id"), current.get_column("contact_status").cast(pl.String), strict=True))
+            for person_id, status in expected.items():
+                if not _pending(members, events, person_id, t):
+                    assert got.get(person_id) == status, (person_id, t, found.sort("person_id", "valid_from"))
