@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -22,6 +24,17 @@ def fail(message: str, code: int) -> None:
     """One line on stderr, then the exit code: never a traceback for a known problem."""
     click.echo(f"statusbatch: {message}", err=True)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def exit_codes() -> Iterator[None]:
+    """Known problems as one line and their exit code: 2 for inputs and configuration, 1 for a held database."""
+    try:
+        yield
+    except (InputError, ConfigError) as exc:
+        fail(str(exc), 2)
+    except DatabaseLockedError as exc:
+        fail(str(exc), 1)
 
 
 def load_config(job_file: str, input_dir: str | None, db: str | None = None, parquet: str | None = None) -> JobConfig:
@@ -61,11 +74,8 @@ def run(job_file: str, as_of: str | None, input_dir: str | None, db: str | None,
     reporter = Reporter(quiet=quiet)
     reporter.log(f"statusbatch run {config.path.name} as of {when.instant.isoformat()} → {config.job.db}")
     try:
-        summary = run_job(config, when, reporter, lock_timeout=lock_timeout)
-    except (InputError, ConfigError) as exc:
-        fail(str(exc), 2)
-    except DatabaseLockedError as exc:
-        fail(str(exc), 1)
+        with exit_codes():
+            summary = run_job(config, when, reporter, lock_timeout=lock_timeout)
     except RunFailed as exc:
         fail(f"run failed: {exc}", 1)
     rows = ", ".join(f"{name} {count}" for name, count in summary.rows.items())
@@ -78,11 +88,9 @@ def run(job_file: str, as_of: str | None, input_dir: str | None, db: str | None,
 def validate(job_file: str, input_dir: str | None) -> None:
     """Check the job file and the inputs without writing anything."""
     config = load_config(job_file, input_dir)
-    try:
+    with exit_codes():
         inputs = load_inputs(config.job.input)
         dnc_rules(config, inputs.people)
-    except (InputError, ConfigError) as exc:
-        fail(str(exc), 2)
     for source_table, read, accepted, rejected in inputs.run_inputs.iter_rows():  # noqa: rows-ok (one row per input table)
         click.echo(f"{source_table}: {read} read, {accepted} accepted, {rejected} rejected")
     shown = inputs.rejected_rows.head(20)
@@ -114,24 +122,21 @@ def backfill(job_file: str, first: str, last: str, force: bool, input_dir: str |
     reporter = Reporter(quiet=True)
     log = Reporter()
     try:
-        prepared = prepare(config, log)
-        done: set[date] = set()
-        if config.job.db.exists():
-            with open_database(config.job.db, lock_timeout) as con:
-                done = published_as_ofs(con)
-        todo = [d for d in days if force or d not in done]
-        log.log(f"backfill {start} → {end}: {len(days)} days, {len(days) - len(todo)} already published")
-        with Progress(console=log.console, disable=not log.interactive) as progress:
-            task = progress.add_task("backfill", total=len(todo))
-            for day in todo:
-                run_prepared(config, prepared, parse_as_of(day.isoformat()), reporter, lock_timeout=lock_timeout, command="backfill")
-                progress.advance(task)
-                if not log.interactive:
-                    log.log(f"published {day}")
-    except (InputError, ConfigError) as exc:
-        fail(str(exc), 2)
-    except DatabaseLockedError as exc:
-        fail(str(exc), 1)
+        with exit_codes():
+            prepared = prepare(config, log)
+            done: set[date] = set()
+            if config.job.db.exists():
+                with open_database(config.job.db, lock_timeout) as con:
+                    done = published_as_ofs(con)
+            todo = [d for d in days if force or d not in done]
+            log.log(f"backfill {start} → {end}: {len(days)} days, {len(days) - len(todo)} already published")
+            with Progress(console=log.console, disable=not log.interactive) as progress:
+                task = progress.add_task("backfill", total=len(todo))
+                for day in todo:
+                    run_prepared(config, prepared, parse_as_of(day.isoformat()), reporter, lock_timeout=lock_timeout, command="backfill")
+                    progress.advance(task)
+                    if not log.interactive:
+                        log.log(f"published {day}")
     except RunFailed as exc:
         fail(f"backfill stopped at {day}: {exc} (days before it are published; rerun to resume)", 1)
     log.log(f"backfill done: {len(todo)} days published")

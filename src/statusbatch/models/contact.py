@@ -29,6 +29,7 @@ __all__ = [
     "cooldown_starts",
     "cooldowns",
     "contact_status",
+    "status_by_precedence",
 ]
 
 _FACT_KEY = ["person_id", "at", "tie"]
@@ -324,12 +325,17 @@ _STATUS_REASON = {
 }
 
 
-def _first_that_holds(components: dict[str, pl.Expr]) -> pl.Expr:
-    chain = pl.when(components["opted_out"]).then(pl.lit("opted_out"))
-    for status in codes.CONTACT_STATUSES[1:-1]:
-        if status in components:
-            chain = chain.when(components[status]).then(pl.lit(status))
-    return chain.otherwise(pl.lit("free_to_contact")).cast(codes.ContactStatus)
+def status_by_precedence(holds: dict[str, pl.Expr]) -> pl.Expr:
+    """The first status of §3.2's precedence whose component holds; `free_to_contact` when none does.
+
+    Components left out of `holds` are skipped (`stored_status` has no active_in_study).
+    """
+    *components, free = codes.CONTACT_STATUSES
+    present = [status for status in components if status in holds]
+    chain = pl.when(holds[present[0]]).then(pl.lit(present[0]))
+    for status in present[1:]:
+        chain = chain.when(holds[status]).then(pl.lit(status))
+    return chain.otherwise(pl.lit(free)).cast(codes.ContactStatus)
 
 
 def contact_status(
@@ -375,8 +381,8 @@ def contact_status(
         reason = reason.when(status == code).then(text)
     return (
         frame.with_columns(
-            _first_that_holds(components).alias("contact_status"),
-            _first_that_holds(stored_components).alias("stored_status"),
+            status_by_precedence(components).alias("contact_status"),
+            status_by_precedence(stored_components).alias("stored_status"),
         )
         .with_columns(
             pl.when(status.is_in(("active_in_study", "in_cooldown", "do_not_contact")))

@@ -25,6 +25,7 @@ import polars as pl
 
 from statusbatch import codes
 from statusbatch.config.job import CooldownLimit, CooldownSection
+from statusbatch.models.contact import status_by_precedence
 from statusbatch.models.facts import tie
 from statusbatch.models.history import (
     ComponentTimelines,
@@ -34,7 +35,6 @@ from statusbatch.models.history import (
     last_in_run,
     running_sum,
     spell_deltas,
-    status_by_precedence,
 )
 from statusbatch.models.participants import status_transitions
 

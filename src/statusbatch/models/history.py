@@ -58,7 +58,6 @@ __all__ = [
     "cooldown_spells",
     "spell_deltas",
     "component_timelines",
-    "status_by_precedence",
     "component_states",
     "status_of_components",
     "contact_status_history",
@@ -292,15 +291,6 @@ def component_timelines(
     )
 
 
-def status_by_precedence(holds: dict[str, pl.Expr]) -> pl.Expr:
-    """The first status of §3.2's precedence whose component holds; `free_to_contact` when none does."""
-    *components, free = codes.CONTACT_STATUSES
-    chain = pl.when(holds[components[0]]).then(pl.lit(components[0]))
-    for status in components[1:]:
-        chain = chain.when(holds[status]).then(pl.lit(status))
-    return chain.otherwise(pl.lit(free)).cast(codes.ContactStatus)
-
-
 _FLAGS = ("opted_out", "in_blocklist", "do_not_contact")
 _COUNTS = ("active_in_study", "in_cooldown")
 
@@ -347,7 +337,7 @@ def component_states(
 def status_of_components() -> pl.Expr:
     """The contact status of a row of `component_states` (counts > 0 hold)."""
     holds = {name: pl.col(name) for name in _FLAGS} | {name: pl.col(name) > 0 for name in _COUNTS}
-    return status_by_precedence(holds)
+    return contact.status_by_precedence(holds)
 
 
 def contact_status_history(people: pl.LazyFrame, timelines: ComponentTimelines, as_of: datetime) -> pl.LazyFrame:
