@@ -71,10 +71,15 @@ def dnc_rules(config: JobConfig, people: pl.DataFrame) -> dict[str, pl.Expr]:
     }
 
 
+def _once(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Materialise an intermediate several models read, so it is computed once, not per consumer."""
+    return frame.collect().lazy()
+
+
 def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[str, pl.Expr]) -> dict[str, pl.LazyFrame]:
     """Every result table as a lazy query over the accepted inputs, as of T."""
     t = as_of.instant
-    people = facts.people_as_of(inputs.people.lazy(), t)
+    people = _once(facts.people_as_of(inputs.people.lazy(), t))
     studies = inputs.studies.lazy()
     members = facts.participants_as_of(inputs.participants.lazy(), people, t)
     events = facts.events_as_of(inputs.events.lazy(), inputs.people.lazy(), t)
@@ -89,22 +94,22 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
         )
     )
 
-    observations = participants.participant_observations(members, research_events, t)
-    participant_status = participants.participant_status(members, observations)
+    observations = _once(participants.participant_observations(members, research_events, t))
+    participant_status = _once(participants.participant_status(members, observations))
     timelines = history.component_timelines(
         people, research_events, observations, studies, config.cooldown, config.blocklist.no_show_threshold
     ).materialized()
     starts = contact.cooldown_starts(research_events, observations, config.cooldown)
-    cooldowns = contact.cooldowns(starts, t, as_of.day)
-    opt_outs = contact.opt_out_changes(research_events, observations)
-    contact_status = contact.contact_status(
+    cooldowns = _once(contact.cooldowns(starts, t, as_of.day))
+    opt_outs = _once(contact.opt_out_changes(research_events, observations))
+    contact_status = _once(contact.contact_status(
         people,
         contact.opted_out(opt_outs),
         contact.blocklist(contact.blocklist_changes(research_events, observations, config.blocklist.no_show_threshold)),
         contact.active_studies(participant_status, studies, t),
         contact.do_not_contact(people, research_events, rules),
         cooldowns,
-    )
+    ))
     sequence = sequences.sequence_machine(
         sequence_events,
         inputs.sequences.lazy(),
