@@ -19,7 +19,7 @@ __all__ = ["Reporter"]
 
 class Reporter:
     def __init__(self, *, quiet: bool = False, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, log_path=False)
         self.interactive = self.console.is_terminal and not quiet
         self.quiet = quiet
         self.timings: dict[str, float] = {}
