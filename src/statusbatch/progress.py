@@ -2,12 +2,13 @@
 
 On a terminal a rich status line shows the stage under way; otherwise plain
 lines go to stderr. Either way each finished stage is logged as
-`stage <name>: <seconds>s`, which `make bench` reads.
+`stage <name>: <seconds>s (peak RSS so far …)`, which `make bench` reads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +16,10 @@ from collections.abc import Iterator
 from rich.console import Console
 
 __all__ = ["Reporter"]
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 class Reporter:
@@ -42,4 +47,4 @@ class Reporter:
             yield
         elapsed = time.perf_counter() - started
         self.timings[name] = self.timings.get(name, 0.0) + elapsed
-        self.log(f"stage {name}: {elapsed:.3f}s")
+        self.log(f"stage {name}: {elapsed:.3f}s (peak RSS so far {_peak_rss_gib():.2f} GiB)")
