@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from statusbatch import codes
 from statusbatch.loading.contract import TIMESTAMP, Column, InputTable
 
 __all__ = ["Check", "Quarantined", "REJECTED_ROWS_SCHEMA", "quarantine", "parse_timestamp", "parse_date"]
