@@ -220,12 +220,21 @@ def status_before_invites(
     the status just before it, the inviting study's own share left out."""
     key = timelines.person_key
     study_key = timelines.study_key
+    invited = events.filter(pl.col("event_type") == "invited").select("person_id").unique()
+    timelines = timelines.for_people(invited)
     not_limit = timelines.cooldown_spells.filter(pl.col("source") != "limit")
-    person = component_states(timelines, not_limit, as_of, instant="key")
-    own = _own_share(timelines, not_limit.filter(pl.col("source").is_in(_OWN_SOURCES)), study_key, as_of)
+    # Each intermediate feeds several joins; computed once here, a lazy plan would recompute it per use.
+    person, own, invited_at = pl.collect_all(
+        [
+            component_states(timelines, not_limit, as_of, instant="key"),
+            _own_share(timelines, not_limit.filter(pl.col("source").is_in(_OWN_SOURCES)), study_key, as_of),
+            invites(events, key, study_key, as_of),
+        ]
+    )
     components = ["opted_out", "in_blocklist", "do_not_contact", "active_in_study", "in_cooldown"]
-    checked = _as_of_join(invites(events, key, study_key, as_of), person, on="key", by=["person_key"], values=components)
-    checked = _as_of_join(checked, own, on="key", by=_PARTICIPANT, values=["own_active", "own_cooldown"])
+    checked = _as_of_join(invited_at.lazy(), person.lazy(), on="key", by=["person_key"], values=components)
+    checked = _as_of_join(checked, own.lazy(), on="key", by=_PARTICIPANT, values=["own_active", "own_cooldown"])
+    checked = checked.collect().lazy()
     limits: list[str] = []
     if cooldown.limits:
         clears = events.filter(pl.col("event_type") == "cooldown_cleared").select(
@@ -233,7 +242,8 @@ def status_before_invites(
         )
         for index, limit in enumerate(cooldown.limits):
             name = f"limit_{index}"
-            checked = limit_in_force(checked, limit_triggers(events, observations, limit, key, study_key), clears, limit, name)
+            triggers = limit_triggers(events, observations, limit, key, study_key)
+            checked = limit_in_force(checked, triggers, clears, limit, name).collect().lazy()
             limits.append(name)
 
     def count(name: str) -> pl.Expr:

@@ -153,6 +153,13 @@ class ComponentTimelines:
     cooldown_spells: pl.LazyFrame
     """person_id, study_id, source, event_id, from_at, to_at, from_key, to_key: a cooldown in force."""
 
+    def for_people(self, people: pl.LazyFrame) -> ComponentTimelines:
+        """The timelines of the people in `people` (a `person_id` column) only."""
+        names = ("opted_out", "in_blocklist", "do_not_contact", "active_spells", "cooldown_spells")
+        return replace(
+            self, **{name: getattr(self, name).join(people, on="person_id", how="semi") for name in names}
+        )
+
     def materialized(self) -> ComponentTimelines:
         """The same timelines computed once, in memory: the history and the governance audit
         both read them, and a lazy plan shared by two queries would be computed twice."""
