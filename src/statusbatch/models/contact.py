@@ -187,16 +187,18 @@ def do_not_contact(people: pl.LazyFrame, events: pl.LazyFrame, rules: Mapping[st
             ).alias("manual_reason"),
         )
     )
-    matched = pl.concat_list(
-        [pl.when(matches.fill_null(False)).then(pl.lit(f"'{name}'")) for name, matches in rules.items()]
-        or [pl.lit(None, dtype=pl.String)]
-    ).list.drop_nulls()
-    by_rule = people.select(
-        "person_id",
-        pl.when(matched.list.len() > 0)
-        .then(pl.lit("do-not-contact rule ") + matched.list.join(", "))
-        .alias("rule_reason"),
-    ).filter(pl.col("rule_reason").is_not_null())
+    matches = {name: condition.fill_null(False) for name, condition in rules.items()}
+    if matches:
+        names = pl.concat_str(
+            [pl.when(condition).then(pl.lit(f"'{name}'")) for name, condition in matches.items()],
+            separator=", ",
+            ignore_nulls=True,
+        )
+        by_rule = people.filter(pl.any_horizontal(matches.values())).select(
+            "person_id", (pl.lit("do-not-contact rule ") + names).alias("rule_reason")
+        )
+    else:
+        by_rule = people.select("person_id", pl.lit(None, dtype=pl.String).alias("rule_reason")).head(0)
     return (
         by_rule.join(manual, on="person_id", how="full", coalesce=True)
         .select(
