@@ -21,6 +21,7 @@ __all__ = [
     "CONTACT_STATUSES",
     "COOLDOWN_SOURCES",
     "SEQUENCE_STATUSES",
+    "SEQUENCE_FLAGS",
     "CHANNEL_STATUSES",
     "ParticipantStatus",
     "Stage",
@@ -140,6 +141,16 @@ SEQUENCE_STATUSES: tuple[str, ...] = (
     "finished",
     "opted_out",
 )
+SEQUENCE_FLAGS: tuple[str, ...] = (
+    "contacted",
+    "opened",
+    "clicked",
+    "replied",
+    "auto_replied",
+    "to_call",
+    "called",
+)
+"""Per-membership flags of §3.3; the system sets them, only some may be set or removed by hand."""
 CHANNEL_STATUSES: tuple[str, ...] = ("active", "stopped", "blocked", "archived", "deleted")
 
 ParticipantStatus = pl.Enum(PARTICIPANT_STATUSES)

@@ -67,7 +67,7 @@ def dnc_rules(config: JobConfig, people: pl.DataFrame) -> dict[str, pl.Expr]:
     """Compile every do_not_contact rule against the people export; a bad rule is a ConfigError."""
     schema = condition_schema(people)
     return {
-        rule.name: compile_condition(rule.name, rule.when, schema).alias(rule.name) for rule in config.do_not_contact
+        rule.name: compile_condition(rule.name, rule.when, schema) for rule in config.do_not_contact
     }
 
 

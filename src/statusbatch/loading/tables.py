@@ -9,16 +9,7 @@ from statusbatch.loading.quarantine import ROW, Check, parse_date, typed
 
 __all__ = ["event_code_checks", "reference_check", "participant_reference_check", "SEQUENCE_STATUS_VALUES"]
 
-SEQUENCE_FLAGS: tuple[str, ...] = (
-    "contacted",
-    "opened",
-    "clicked",
-    "replied",
-    "auto_replied",
-    "to_call",
-    "called",
-)
-SEQUENCE_STATUS_VALUES: tuple[str, ...] = codes.SEQUENCE_STATUSES + SEQUENCE_FLAGS
+SEQUENCE_STATUS_VALUES: tuple[str, ...] = codes.SEQUENCE_STATUSES + codes.SEQUENCE_FLAGS
 """What a manual `status_set` / `status_removed` may name (SPEC §3.3)."""
 
 

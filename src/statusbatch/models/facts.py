@@ -6,10 +6,7 @@ from datetime import datetime
 
 import polars as pl
 
-__all__ = ["people_as_of", "participants_as_of", "events_as_of", "events_of_types", "tie", "FACT_ORDER"]
-
-FACT_ORDER = ("at", "tie")
-"""Facts are ordered by time, then event id; an export row (no event id) comes first."""
+__all__ = ["people_as_of", "participants_as_of", "events_as_of", "events_of_types", "tie"]
 
 
 def tie(event_id: pl.Expr) -> pl.Expr:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandera.errors
 import polars as pl
 
-from statusbatch.validation.schemas import LOG_TABLES, OUTPUT_SCHEMAS, SLICED_TABLES, TABLE_KEYS
+from statusbatch.validation.schemas import OUTPUT_SCHEMAS, SLICED_TABLES
 
-__all__ = ["OutputValidationError", "validate_tables", "OUTPUT_SCHEMAS", "SLICED_TABLES", "LOG_TABLES", "TABLE_KEYS"]
+__all__ = ["OutputValidationError", "validate_tables", "OUTPUT_SCHEMAS", "SLICED_TABLES"]
 
 
 class OutputValidationError(Exception):

@@ -12,7 +12,7 @@ import polars as pl
 from statusbatch import codes
 from statusbatch.loading.quarantine import REJECTED_ROWS_SCHEMA
 
-__all__ = ["OUTPUT_SCHEMAS", "SLICED_TABLES", "LOG_TABLES", "TABLE_KEYS", "INSTANT"]
+__all__ = ["OUTPUT_SCHEMAS", "SLICED_TABLES", "INSTANT"]
 
 INSTANT = pl.Datetime("us")
 
@@ -125,7 +125,7 @@ OUTPUT_SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "sequence_id": _id(),
             "person_id": _id(),
             "status": _code(codes.SEQUENCE_STATUSES),
-            **{flag: _FLAG for flag in ("contacted", "opened", "clicked", "replied", "auto_replied", "to_call", "called")},
+            **{flag: _FLAG for flag in codes.SEQUENCE_FLAGS},
             "replied_by": _code(("email", "sms"), nullable=True),
             "can_receive_emails": _FLAG,
             "replies_tracked": _FLAG,
@@ -249,9 +249,4 @@ SLICED_TABLES: tuple[str, ...] = (
     "rejected_rows",
 )
 """One slice per published as_of, bounded by `[retention] keep_as_of`."""
-
-LOG_TABLES: tuple[str, ...] = ("status_changes", "runs", "run_inputs")
-"""Append-only logs, never pruned."""
-
-TABLE_KEYS: dict[str, list[str]] = {name: list(schema.unique or []) for name, schema in OUTPUT_SCHEMAS.items()}
 assert set(REJECTED_ROWS_SCHEMA) <= set(OUTPUT_SCHEMAS["rejected_rows"].columns)
