@@ -202,6 +202,42 @@ def test_participant_status_event_needs_a_participant_of_that_study(ws):
     assert ws.query("select participant_status from participant_status") == [("screener_started",)]
 
 
+def test_codes_padded_with_blanks_are_still_codes(ws):
+    ws.write(
+        people=[person("p1"), person("p2")],
+        events=(
+            "event_id,person_id,occurred_at,event_type,channel\n"
+            "e1,p1,2026-03-01T00:00:00Z, opted_out ,\n"
+            "e2,p2,2026-03-01T00:00:00Z,inbound_message,  sms\n"
+            "e3,p2,2026-03-02T00:00:00Z, opted out,\n"
+        ),
+    )
+    ws.run()
+    assert ws.query('select row_number, "column", problem from rejected_rows') == [
+        (3, "event_type", "unknown event_type code ' opted out'")
+    ]
+    assert ws.query("select person_id, contact_status from contact_status order by 1") == [
+        ("p1", "opted_out"),
+        ("p2", "free_to_contact"),
+    ]
+    assert ws.query("select person_id from channel_status where last_seen_on is not null") == [("p2",)]
+
+
+def test_value_rules_of_one_event_type_leave_other_types_alone(ws):
+    """A value that would break cooldown_set's date rule is fine on another event type."""
+    ws.write(
+        people=[person("p1")],
+        events=[
+            event("e1", "p1", "2026-03-01T00:00:00Z", "opted_out", value="not-a-date"),
+            event("e2", "p1", "2026-03-02T00:00:00Z", "cooldown_set", value="not-a-date"),
+            event("e3", "p1", "2026-03-03T00:00:00Z", "cooldown_set", value="2026-04-01"),
+        ],
+    )
+    ws.run()
+    assert ws.query('select row_number, "column" from rejected_rows') == [(2, "value")]
+    assert ws.query("select cooldown_until from contact_status") == [(datetime(2026, 4, 2),)]  # through that day
+
+
 # --- formats and time zones --------------------------------------------------------------------
 
 

@@ -5,9 +5,13 @@ Names follow SPEC §1.1, §3 and §4 so that a reader finds a rule by its name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 
 __all__ = [
+    "EVENT_LOGS",
+    "EventLog",
     "PARTICIPANT_STAGE",
     "PARTICIPANT_STATUSES",
     "STAGES",
@@ -117,6 +121,27 @@ RESEARCH_EVENTS: tuple[str, ...] = STUDY_SCOPED_EVENTS + PERSON_SCOPED_RESEARCH_
 EVENT_TYPES: tuple[str, ...] = (
     STUDY_SCOPED_EVENTS + PERSON_SCOPED_RESEARCH_EVENTS + SEQUENCE_SCOPED_EVENTS + MESSAGING_EVENTS
 )
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """The events one family of models reads: its types, and the columns it needs of them."""
+
+    event_types: tuple[str, ...]
+    columns: tuple[str, ...]
+
+
+_FACT = ("event_id", "person_id", "occurred_at", "event_type")
+EVENT_LOGS: dict[str, EventLog] = {
+    "research": EventLog(RESEARCH_EVENTS, _FACT + ("study_id", "value", "reason")),
+    "sequence": EventLog(
+        SEQUENCE_SCOPED_EVENTS + ("opted_out",), _FACT + ("sequence_id", "channel", "actor_id", "value")
+    ),
+    "messaging": EventLog(MESSAGING_EVENTS, _FACT + ("value",)),
+}
+"""How the loader cuts the accepted events: each log is built once, straight from
+the file, so the whole log is never copied and unread columns are never kept.
+A person-level opt-out reaches every sequence (§3.3), hence in two logs."""
 CHANNELS: tuple[str, ...] = ("email", "sms", "call", "web")
 STUDY_KINDS: tuple[str, ...] = ("interview", "survey", "unmoderated_test")
 REPLY_HANDLING: tuple[str, ...] = ("finish", "continue")

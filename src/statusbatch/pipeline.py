@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import polars as pl
 
-from statusbatch import __version__, codes
+from statusbatch import __version__
 from statusbatch.config import JobConfig
 from statusbatch.config.conditions import compile_condition, condition_schema
 from statusbatch.loading import Inputs, load_inputs
@@ -82,17 +82,9 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
     people = _once(facts.people_as_of(inputs.people.lazy(), t))
     studies = inputs.studies.lazy()
     members = facts.participants_as_of(inputs.participants.lazy(), people, t)
-    events = facts.events_as_of(inputs.events.lazy(), inputs.people.lazy(), t)
-    research_events, sequence_events, messaging_events = (
-        frame.lazy()
-        for frame in pl.collect_all(
-            [
-                facts.events_of_types(events, codes.RESEARCH_EVENTS),
-                facts.events_of_types(events, codes.SEQUENCE_SCOPED_EVENTS + ("opted_out",)),
-                facts.events_of_types(events, codes.MESSAGING_EVENTS),
-            ]
-        )
-    )
+    logs = [facts.events_as_of(log.lazy(), inputs.people.lazy(), t) for log in inputs.event_logs.values()]
+    logs = dict(zip(inputs.event_logs, (frame.lazy() for frame in pl.collect_all(logs)), strict=True))
+    research_events, sequence_events, messaging_events = logs["research"], logs["sequence"], logs["messaging"]
 
     observations = _once(participants.participant_observations(members, research_events, t))
     participant_status = _once(participants.participant_status(members, observations))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import polars as pl
 
+from statusbatch import codes
 from statusbatch.loading.contract import INPUT_TABLES, TIMESTAMP, InputTable, input_table
 from statusbatch.loading.errors import InputError
-from statusbatch.loading.quarantine import REJECTED_ROWS_SCHEMA, Quarantined, quarantine
+from statusbatch.loading.quarantine import REJECTED_ROWS_SCHEMA, Part, Quarantined, quarantine, typed
 from statusbatch.loading.readers import find_input_file, read_table_file
 from statusbatch.loading.tables import event_code_checks, participant_reference_check, reference_check
 
@@ -31,10 +32,21 @@ class Inputs:
     studies: pl.DataFrame
     participants: pl.DataFrame
     sequences: pl.DataFrame
-    events: pl.DataFrame
+    event_logs: dict[str, pl.DataFrame]
+    """The accepted events, one log per reader (`codes.EVENT_LOGS`): never copied whole."""
     rejected_rows: pl.DataFrame
     run_inputs: pl.DataFrame
     files: dict[str, Path]
+
+    @property
+    def events(self) -> pl.DataFrame:
+        """Every accepted event once, in one frame (for tools and tests; the run reads `event_logs`)."""
+        seen: set[str] = set()
+        shares = []
+        for name, log in codes.EVENT_LOGS.items():
+            shares.append(self.event_logs[name].filter(~pl.col("event_type").is_in(sorted(seen))))
+            seen.update(log.event_types)
+        return pl.concat(shares, how="diagonal").select(input_table("events").schema.keys())
 
 
 def _property_columns(raw: pl.DataFrame, table: InputTable) -> dict[str, pl.Expr]:
@@ -90,7 +102,7 @@ def load_inputs(input_dir: Path) -> Inputs:
     if "sequences" in raws:
         results["sequences"] = quarantine(raws["sequences"], input_table("sequences"))
     results["events"] = quarantine(
-        raws["events"],
+        raws.pop("events"),
         input_table("events"),
         extra_code_checks=event_code_checks(),
         reference_checks=[
@@ -99,6 +111,9 @@ def load_inputs(input_dir: Path) -> Inputs:
             participant_reference_check(results["participants"].accepted),
         ],
         exact_duplicates_allowed=True,
+        split={
+            name: Part(typed("event_type").is_in(log.event_types), log.columns) for name, log in codes.EVENT_LOGS.items()
+        },
     )
     sequences = results["sequences"].accepted if "sequences" in results else _empty(input_table("sequences"))
     sequences = sequences.with_columns(
@@ -125,7 +140,7 @@ def load_inputs(input_dir: Path) -> Inputs:
         studies=results["studies"].accepted,
         participants=results["participants"].accepted,
         sequences=sequences,
-        events=results["events"].accepted,
+        event_logs=results["events"].parts,
         rejected_rows=rejected,
         run_inputs=run_inputs,
         files={k: v for k, v in files.items() if v is not None},

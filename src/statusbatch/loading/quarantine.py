@@ -7,7 +7,7 @@ check. Everything is a column expression over the whole file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +15,7 @@ import polars as pl
 
 from statusbatch.loading.contract import TIMESTAMP, Column, InputTable
 
-__all__ = ["Check", "Quarantined", "REJECTED_ROWS_SCHEMA", "quarantine", "parse_timestamp", "parse_date"]
+__all__ = ["Check", "Part", "Quarantined", "REJECTED_ROWS_SCHEMA", "quarantine", "parse_timestamp", "parse_date"]
 
 ROW = "__row_number"
 _FAILED = "__failed_check"
@@ -36,23 +36,55 @@ class Check:
     """A row is bad for `column` where `fails` is true; `problem` says why in words.
 
     `fails` is a row expression, or a function of the whole parsed frame
-    returning one — for checks cheaper as a join than as a row expression.
+    returning a boolean Series over its rows — for checks cheaper as a join,
+    or over a small subset of the rows (see `scoped`), than as a row
+    expression over the whole file.
     """
 
     column: str
-    fails: pl.Expr | Callable[[pl.DataFrame], pl.Expr]
+    fails: pl.Expr | Callable[[pl.DataFrame], pl.Series]
     problem: pl.Expr
 
-    def fails_in(self, frame: pl.DataFrame) -> pl.Expr:
-        return self.fails(frame) if callable(self.fails) else self.fails
+
+def scoped(scope: pl.Expr, fails: pl.Expr) -> Callable[[pl.DataFrame], pl.Series]:
+    """`fails` evaluated only on the rows in `scope`: a value rule of one event type
+    costs a pass over that type's rows, not over the whole log."""
+
+    def rows_failing(frame: pl.DataFrame) -> pl.Series:
+        rows = frame.lazy().filter(scope).filter(fails.fill_null(False)).select(ROW).collect().get_column(ROW)
+        return rows_marked(frame.height, rows)
+
+    return rows_failing
+
+
+def rows_marked(height: int, rows: pl.Series) -> pl.Series:
+    """A boolean mask over a file's rows, true at the (1-based) row numbers `rows`."""
+    mask = np.zeros(height, dtype=bool)
+    mask[rows.to_numpy() - 1] = True
+    return pl.Series(mask)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A share of a table's accepted rows: those where `rows` (over `typed` columns)
+    holds, with only `columns` (all of them when empty)."""
+
+    rows: pl.Expr
+    columns: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Quarantined:
-    accepted: pl.DataFrame
+    parts: dict[str, pl.DataFrame]
+    """The accepted rows: one frame named after the table, or the parts asked for."""
     rejected: pl.DataFrame
     rows_read: int
     rows_accepted: int
+
+    @property
+    def accepted(self) -> pl.DataFrame:
+        (frame,) = self.parts.values()
+        return frame
 
 
 def typed(name: str) -> pl.Expr:
@@ -101,7 +133,7 @@ def _parsed(column: Column, raw_dtype: pl.DataType | None) -> pl.Expr:
         if dtype == pl.Int64:
             return raw.str.strip_chars().str.to_integer(strict=False)
         if isinstance(dtype, pl.Enum):
-            return raw.str.strip_chars().cast(dtype, strict=False)
+            return raw.cast(dtype, strict=False)  # padded codes are repaired by _with_padded_codes
         return raw
     if dtype == TIMESTAMP and isinstance(raw_dtype, pl.Datetime):
         if raw_dtype.time_zone is None:
@@ -115,6 +147,24 @@ def _parsed(column: Column, raw_dtype: pl.DataType | None) -> pl.Expr:
 
 
 _KIND = {pl.Date: "date", pl.Int64: "whole number", pl.Boolean: "boolean (true/false)"}
+
+
+def _with_padded_codes(frame: pl.DataFrame, table: InputTable, raw_schema: pl.Schema) -> pl.DataFrame:
+    """Codes with surrounding blanks (" email ") are still codes.
+
+    Casting every value stripped costs a string pass over the whole log; only
+    the values that failed the plain cast are stripped and cast again.
+    """
+    for column in table.columns:
+        if not isinstance(column.dtype, pl.Enum) or raw_schema.get(column.name) != pl.String:
+            continue
+        parsed = typed(column.name)
+        retry = frame.select(pl.arg_where(parsed.is_null() & pl.col(column.name).is_not_null())).to_series()
+        if retry.len() == 0:
+            continue
+        repaired = frame[retry].select(pl.col(column.name).str.strip_chars().cast(column.dtype, strict=False)).to_series()
+        frame = frame.with_columns(frame.get_column(_TYPED + column.name).scatter(retry, repaired))
+    return frame
 
 
 def _kind(dtype: pl.DataType) -> str:
@@ -181,26 +231,35 @@ def quarantine(
     reference_checks: list[Check] = (),
     extra_columns: dict[str, pl.Expr] | None = None,
     exact_duplicates_allowed: bool = False,
+    split: Mapping[str, Part] | None = None,
 ) -> Quarantined:
     """Split a file's rows into accepted (contract dtypes) and rejected rows.
 
     `extra_columns` are kept alongside the contract columns (people properties).
     With `exact_duplicates_allowed`, a row identical to the accepted row of its
-    key counts as accepted and adds nothing (events, SPEC §7.6).
+    key counts as accepted and adds nothing (events, SPEC §7.6). With `split`,
+    the accepted rows come as those parts instead of one frame.
+
+    `raw` is let go of as soon as it is parsed (callers pass it without keeping
+    a reference), so that memory holds one copy of a large file, not two.
     """
-    raw_columns = raw.columns
+    raw_columns, raw_schema = raw.columns, raw.schema
     present = set(raw_columns) & {c.name for c in table.columns}
     frame = raw.with_row_index(ROW, offset=1).with_columns(
         pl.col(ROW).cast(pl.Int64),
-        *[_parsed(c, raw.schema.get(c.name)).alias(_TYPED + c.name) for c in table.columns],
+        *[_parsed(c, raw_schema.get(c.name)).alias(_TYPED + c.name) for c in table.columns],
     )
+    del raw
     checks = (
         _parsing_checks(table, present)
         + _code_checks(table, present)
         + list(extra_code_checks)
         + list(reference_checks)
     )
-    fails = [c.fails_in(frame) for c in checks]
+    frame = _with_padded_codes(frame, table, raw_schema)
+    computed = {f"__fails_{i}": c.fails(frame) for i, c in enumerate(checks) if callable(c.fails)}
+    frame = frame.with_columns(**computed) if computed else frame
+    fails = [pl.col(f"__fails_{i}") if callable(c.fails) else c.fails for i, c in enumerate(checks)]
     frame = frame.with_columns(pl.any_horizontal(fails).fill_null(False).alias(_BAD) if fails else pl.lit(False).alias(_BAD))
     frame = _with_duplicate_checks(frame, table, raw_columns, exact_duplicates_allowed)
     checks.append(_duplicate_check(table))
@@ -223,20 +282,40 @@ def quarantine(
         if raw_columns
         else pl.lit("{}").alias("raw"),
     )
-    accepted = (
-        frame.lazy()
-        .select(
-            *[typed(c.name).alias(c.name) for c in table.columns],
-            *[expr.alias(name) for name, expr in (extra_columns or {}).items()],
-            keep=~pl.col(_BAD) & pl.col("__kept_row").is_null() & ~pl.col("__exact_duplicate"),
-        )
-        .filter("keep")
-        .drop("keep")
-        .collect()
-    )
-    return Quarantined(
-        accepted=accepted, rejected=rejected, rows_read=raw.height, rows_accepted=raw.height - rejected.height
-    )
+    keep = frame.select(~pl.col(_BAD) & pl.col("__kept_row").is_null() & ~pl.col("__exact_duplicate")).to_series()
+    rows_read = frame.height
+    outputs = [(c.name, typed(c.name), [_TYPED + c.name, c.name]) for c in table.columns]
+    outputs += [(name, expr, [name]) for name, expr in (extra_columns or {}).items()]
+    handed_over = [frame]
+    del frame
+    parts = _accepted_parts(handed_over, keep, outputs, split or {table.name: Part(pl.lit(True), ())})
+    return Quarantined(parts=parts, rejected=rejected, rows_read=rows_read, rows_accepted=rows_read - rejected.height)
+
+
+def _accepted_parts(
+    handed_over: list[pl.DataFrame],
+    keep: pl.Series,
+    outputs: list[tuple[str, pl.Expr, list[str]]],
+    split: Mapping[str, Part],
+) -> dict[str, pl.DataFrame]:
+    """The accepted rows, cut into the parts of `split`, one output column at a time.
+
+    Each column is filtered straight into every part that keeps it and its
+    source columns are dropped at once, so the file as read and its accepted
+    copy are never both whole in memory. `handed_over` holds the only
+    reference to the parsed frame, taken out here.
+    """
+    frame = handed_over.pop()
+    masks = {name: keep & frame.select(part.rows.fill_null(False)).to_series() for name, part in split.items()}
+    columns: dict[str, list[pl.Series]] = {name: [] for name in split}
+    for name, expr, sources in outputs:
+        values = frame.select(pl.col(ROW), expr.alias(name)).get_column(name)
+        frame = frame.drop(sources, strict=False)
+        for part, mask in masks.items():
+            if not split[part].columns or name in split[part].columns:
+                columns[part].append(values.filter(mask))
+        del values
+    return {part: pl.DataFrame(kept) for part, kept in columns.items()}
 
 
 def _duplicate_check(table: InputTable) -> Check:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from statusbatch import codes
-from statusbatch.loading.quarantine import ROW, Check, parse_date, typed
+from statusbatch.loading.quarantine import ROW, Check, parse_date, rows_marked, scoped, typed
 
 __all__ = ["event_code_checks", "reference_check", "participant_reference_check", "SEQUENCE_STATUS_VALUES"]
 
@@ -30,17 +30,17 @@ def event_code_checks() -> list[Check]:
         Check("value", needs_value & value.is_null(), pl.format("a {} event needs a value", event_type)),
         Check(
             "value",
-            (event_type == "participant_status") & ~value.is_in(codes.PARTICIPANT_STATUSES),
+            scoped(event_type == "participant_status", ~value.is_in(codes.PARTICIPANT_STATUSES)),
             pl.format("unknown participant_status code '{}'", value),
         ),
         Check(
             "value",
-            (event_type == "cooldown_set") & parse_date(value).is_null(),
+            scoped(event_type == "cooldown_set", parse_date(value).is_null()),
             pl.format("not a valid date (YYYY-MM-DD) for cooldown_set: '{}'", value),
         ),
         Check(
             "value",
-            event_type.is_in(("status_set", "status_removed")) & ~value.is_in(SEQUENCE_STATUS_VALUES),
+            scoped(event_type.is_in(("status_set", "status_removed")), ~value.is_in(SEQUENCE_STATUS_VALUES)),
             pl.format("unknown sequence status or flag '{}'", value),
         ),
         Check(
@@ -68,7 +68,7 @@ def participant_reference_check(participants: pl.DataFrame) -> Check:
     row expression over the whole log.
     """
 
-    def fails(frame: pl.DataFrame) -> pl.Expr:
+    def fails(frame: pl.DataFrame) -> pl.Series:
         orphans = (
             frame.lazy()
             .filter(typed("event_type") == "participant_status")
@@ -77,7 +77,7 @@ def participant_reference_check(participants: pl.DataFrame) -> Check:
             .collect()
             .get_column(ROW)
         )
-        return pl.col(ROW).is_in(orphans.implode())
+        return rows_marked(frame.height, orphans)
 
     return Check(
         "study_id",

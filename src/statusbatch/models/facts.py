@@ -6,7 +6,7 @@ from datetime import datetime
 
 import polars as pl
 
-__all__ = ["people_as_of", "participants_as_of", "events_as_of", "events_of_types", "tie"]
+__all__ = ["people_as_of", "participants_as_of", "events_as_of", "tie"]
 
 
 def tie(event_id: pl.Expr) -> pl.Expr:
@@ -33,9 +33,3 @@ def events_as_of(events: pl.LazyFrame, all_people: pl.LazyFrame, as_of: datetime
     """
     not_yet_created = all_people.filter(pl.col("created_at") > as_of).select("person_id")
     return events.filter(pl.col("occurred_at") <= as_of).join(not_yet_created, on="person_id", how="anti")
-
-
-def events_of_types(events: pl.LazyFrame, types: tuple[str, ...]) -> pl.LazyFrame:
-    """The events a model reads: each model gets its own (much smaller) share of the log,
-    and the whole log is never copied."""
-    return events.filter(pl.col("event_type").is_in(types))
