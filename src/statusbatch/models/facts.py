@@ -29,7 +29,8 @@ def events_as_of(events: pl.LazyFrame, all_people: pl.LazyFrame, as_of: datetime
     """Events that happened by T, of people who exist at T.
 
     Every accepted event names an accepted person, so only the (few) people
-    created after T need to be taken out.
+    created after T need to be taken out: a lookup in their ids costs a
+    fraction of an anti-join over the whole log.
     """
-    not_yet_created = all_people.filter(pl.col("created_at") > as_of).select("person_id")
-    return events.filter(pl.col("occurred_at") <= as_of).join(not_yet_created, on="person_id", how="anti")
+    not_yet_created = all_people.filter(pl.col("created_at") > as_of).select("person_id").collect().to_series()
+    return events.filter(pl.col("occurred_at") <= as_of, ~pl.col("person_id").is_in(not_yet_created.implode()))
