@@ -110,6 +110,7 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
         ooo_resume_days=config.sequences.ooo_resume_days,
     )
     messaging = channel.channel_machine(people, messaging_events, as_of=t)
+    channel_status = _once(messaging.status)
     active_people = contact_status.filter(pl.col("active_in_study")).select("person_id")
     return {
         "contact_status": contact_status,
@@ -117,9 +118,9 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
         "study_progress": participants.study_progress(studies, participant_status, observations, t),
         "cooldowns": cooldowns,
         "sequence_status": sequence.status,
-        "channel_status": messaging.status,
+        "channel_status": channel_status,
         "archival_candidates": channel.archival_candidates(
-            messaging.status,
+            channel_status,
             people,
             active_people,
             as_of=t,
