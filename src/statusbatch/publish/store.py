@@ -137,7 +137,8 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, name: str) -> None:
 
 
 def _write(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame, where: str | None, params: list) -> None:
-    con.register("frame", frame.to_arrow())
+    # one contiguous chunk per column: DuckDB's Arrow scan is up to twice as slow over many small chunks
+    con.register("frame", frame.rechunk().to_arrow())
     try:
         _ensure_table(con, name)
         if where is not None:
