@@ -17,6 +17,7 @@ from statusbatch.config.job import CooldownSection
 from statusbatch.loading.contract import TIMESTAMP
 from statusbatch.models.facts import tie
 from statusbatch.models.participants import status_transitions, study_is_open
+from statusbatch.models.scans import first_in_run, running_sum, shifted_in_run
 
 __all__ = [
     "opt_out_changes",
@@ -122,8 +123,12 @@ def blocklist_changes(events: pl.LazyFrame, observations: pl.LazyFrame, no_show_
         pl.concat([manual, no_shows] if no_show_threshold > 0 else [manual])
         .with_columns(tie(pl.col("event_id")).alias("tie"))
         .sort(_FACT_KEY)
-        .with_columns((pl.col("fact") == "blocklist_removed").cum_sum().over("person_id").alias("segment"))
-        .with_columns((pl.col("fact") == "no-show").cum_sum().over("person_id", "segment").alias("no_shows"))
+        .with_columns(
+            running_sum(
+                (pl.col("fact") == "no-show").cast(pl.UInt32),
+                first_in_run("person_id") | (pl.col("fact") == "blocklist_removed"),
+            ).alias("no_shows")
+        )
         .with_columns(
             pl.when((pl.col("fact") == "no-show") & (pl.col("no_shows") == no_show_threshold))
             .then(True)
@@ -257,7 +262,7 @@ def cooldown_starts(events: pl.LazyFrame, observations: pl.LazyFrame, rules: Coo
     starts.append(_start(manual, "manual", pl.col("until")))
     for limit in rules.limits:
         triggers = invites if limit.trigger == "invite" else completions
-        oldest_in_window = pl.col("at").shift(limit.count - 1).over("person_id")
+        oldest_in_window = shifted_in_run(pl.col("at"), limit.count - 1, "person_id")
         starts.append(
             _start(
                 triggers.with_columns(tie(pl.col("event_id")).alias("tie"))
