@@ -8,6 +8,7 @@ import polars as pl
 
 from statusbatch import codes
 from statusbatch.models.facts import tie
+from statusbatch.models.scans import last_in_run
 
 __all__ = [
     "participant_observations",
@@ -63,9 +64,13 @@ def participant_observations(participants: pl.LazyFrame, events: pl.LazyFrame, a
 
 
 def participant_status(participants: pl.LazyFrame, observations: pl.LazyFrame) -> pl.LazyFrame:
-    """The latest observation per participant; none at or before T means `not_contacted`."""
-    latest = observations.group_by("study_id", "person_id").agg(
-        pl.col("participant_status").last(), pl.col("at").last().alias("observed_at"), pl.col("event_id").last()
+    """The latest observation per participant; none at or before T means `not_contacted`.
+
+    Observations come sorted by participant and fact order: the latest is the
+    last row of each participant's run (no grouping needed).
+    """
+    latest = observations.filter(last_in_run("study_id", "person_id")).select(
+        "study_id", "person_id", "participant_status", pl.col("at").alias("observed_at"), "event_id"
     )
     return (
         participants.select("study_id", "person_id")

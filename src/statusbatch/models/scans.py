@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import polars as pl
 
-__all__ = ["first_in_run", "running_sum", "shifted_in_run"]
+__all__ = ["first_in_run", "last_in_run", "running_sum", "shifted_in_run"]
 
 
 def first_in_run(*keys: str) -> pl.Expr:
     """True on the first row of each run of equal `keys` (the frame sorted by them)."""
     return pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
+
+
+def last_in_run(*keys: str) -> pl.Expr:
+    """True on the last row of each run of equal `keys`."""
+    return pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(-1)) for k in keys])
 
 
 def running_sum(value: pl.Expr, first: pl.Expr) -> pl.Expr:
