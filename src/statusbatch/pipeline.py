@@ -82,8 +82,8 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
     people = _once(facts.people_as_of(inputs.people.lazy(), t))
     studies = inputs.studies.lazy()
     members = facts.participants_as_of(inputs.participants.lazy(), people, t)
-    logs = [facts.events_as_of(log.lazy(), inputs.people.lazy(), t) for log in inputs.event_logs.values()]
-    logs = dict(zip(inputs.event_logs, (frame.lazy() for frame in pl.collect_all(logs)), strict=True))
+    # left lazy: each reader filters as it scans, so no as-of copy of the logs is held through the run
+    logs = {name: facts.events_as_of(log.lazy(), inputs.people.lazy(), t) for name, log in inputs.event_logs.items()}
     research_events, sequence_events, messaging_events = logs["research"], logs["sequence"], logs["messaging"]
 
     observations = _once(participants.participant_observations(members, research_events, t))
