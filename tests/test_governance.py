@@ -173,3 +173,34 @@ def test_rolling_limit_counts_leave_out_the_inviting_studys_own_invites(tmp_path
         ],
     )
     assert got == {"i4": ("in_cooldown", "override_required"), "j3": ("in_cooldown", "override_required")}
+
+
+def test_own_invites_in_the_window_are_counted_per_participant_among_many_people(tmp_path):
+    """Two patterns over many people, the log in time order (not by person): S1, S1, S2 puts the
+    S2 invite under the limit (two other-study invites); S1, S2, S2 does not (one)."""
+    limit = "[cooldown]\nafter_invite_days = 0\n[[cooldown.limits]]\ntrigger = 'invite'\ncount = 2\nwindow_days = 30\n"
+    people = [person(f"p{i}") for i in range(8)]
+    patterns = {0: ("S1", "S1", "S2"), 1: ("S1", "S2", "S2")}
+    events = [
+        invite(f"i{i}-{day}", f"2026-01-{10 + day:02d}T00:00:00Z", patterns[i % 2][day], person_id=f"p{i}")
+        for day in range(3)
+        for i in range(8)
+    ]
+    got = violations(tmp_path, limit, people=people, studies=[S1, S2], events=events)
+    assert got == {f"i{i}-2": ("in_cooldown", "override_required") for i in range(0, 8, 2)}
+
+
+def test_an_earlier_ending_cooldown_of_another_study_counts_under_the_own_studys_later_one(tmp_path):
+    """S2's cooldown (to 01-31) is in force under S1's own, later-ending ones (to 02-10, 02-20)."""
+    got = violations(
+        tmp_path,
+        people=[person("p1")],
+        studies=[S1, S2],
+        events=[
+            invite("i1", "2026-01-01T00:00:00Z", "S2"),
+            invite("i2", "2026-01-11T00:00:00Z"),
+            invite("i3", "2026-01-21T00:00:00Z"),
+            invite("i4", "2026-02-05T00:00:00Z"),  # S2's cooldown is over; only S1's own remain
+        ],
+    )
+    assert got == {"i2": ("in_cooldown", "override_required"), "i3": ("in_cooldown", "override_required")}

@@ -351,3 +351,32 @@ def test_history_at_any_instant_is_the_at_t_status(workspace):
             for person_id, status in expected.items():
                 if not _pending(members, events, person_id, t):
                     assert got.get(person_id) == status, (person_id, t, found.sort("person_id", "valid_from"))
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workspaces())
+def test_every_cooldown_start_after_the_latest_clear_is_the_at_t_models_start(workspace):
+    """The full timeline's starts (the at-T rules fed no clears) less those up to the latest clear
+    are exactly the at-T model's starts, on any workspace."""
+    people, studies, members, events, job, _ = workspace
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace(Path(tmp)).write(job, people=people, studies=studies, participants=members, events=events)
+        inputs, rules = load_inputs(ws.input), load_job(ws.job).cooldown
+        t = parse_as_of("2026-04-30").instant
+        log = inputs.events.lazy()
+        observations = participants.participant_observations(inputs.participants.lazy(), log, t)
+        every = history.all_cooldown_starts(log, observations, rules).collect()
+        at_t = contact.cooldown_starts(log, observations, rules).collect()
+    latest_clear = (
+        inputs.events.filter(pl.col("event_type") == "cooldown_cleared")
+        .sort("person_id", "occurred_at", "event_id")
+        .group_by("person_id")
+        .last()
+        .select("person_id", pl.col("occurred_at").alias("cleared_at"), pl.col("event_id").alias("cleared_tie"))
+    )
+    after_clear = every.join(latest_clear, on="person_id", how="left").filter(
+        pl.col("cleared_at").is_null()
+        | (pl.col("at") > pl.col("cleared_at"))
+        | ((pl.col("at") == pl.col("cleared_at")) & (pl.col("tie") > pl.col("cleared_tie")))
+    )
+    assert after_clear.select(at_t.columns).sort(pl.all()).equals(at_t.sort(pl.all()))

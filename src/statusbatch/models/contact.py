@@ -17,7 +17,7 @@ from statusbatch.config.job import CooldownSection
 from statusbatch.loading.contract import TIMESTAMP
 from statusbatch.models.facts import tie
 from statusbatch.models.participants import status_transitions, study_is_open
-from statusbatch.models.scans import first_in_run, running_sum, shifted_in_run
+from statusbatch.models.scans import first_in_run, last_in_run, running_sum, shifted_in_run
 
 __all__ = [
     "opt_out_changes",
@@ -247,19 +247,16 @@ def cooldown_starts(events: pl.LazyFrame, observations: pl.LazyFrame, rules: Coo
         starts.append(_start(invites, "invite", pl.col("at") + timedelta(days=rules.after_invite_days)))
     if rules.after_completion_days > 0:
         starts.append(_start(completions, "completion", pl.col("at") + timedelta(days=rules.after_completion_days)))
-    last_day = pl.lit(date(9999, 12, 31))
-    manual = events.filter(pl.col("event_type") == "cooldown_set").with_columns(
-        pl.col("occurred_at").alias("at"),
-        pl.when(pl.col("value").str.strip_chars().str.to_date("%Y-%m-%d") >= last_day)
-        .then(pl.lit(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)))
-        .otherwise(
-            (pl.col("value").str.strip_chars().str.to_date("%Y-%m-%d") + timedelta(days=1))
-            .cast(pl.Datetime("us"))
-            .dt.replace_time_zone("UTC")
-        )
-        .alias("until"),
+    day = pl.col("value").str.strip_chars().str.to_date("%Y-%m-%d")
+    manual = events.filter(pl.col("event_type") == "cooldown_set").select(
+        "person_id", pl.col("occurred_at").alias("at"), "event_id", "study_id", day.alias("day")
     )
-    starts.append(_start(manual, "manual", pl.col("until")))
+    until = (
+        pl.when(pl.col("day") >= pl.lit(date(9999, 12, 31)))
+        .then(pl.lit(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)))
+        .otherwise((pl.col("day") + timedelta(days=1)).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    )
+    starts.append(_start(manual, "manual", until))
     for limit in rules.limits:
         triggers = invites if limit.trigger == "invite" else completions
         oldest_in_window = shifted_in_run(pl.col("at"), limit.count - 1, "person_id")
@@ -278,8 +275,7 @@ def cooldown_starts(events: pl.LazyFrame, observations: pl.LazyFrame, rules: Coo
         events.filter(pl.col("event_type") == "cooldown_cleared")
         .select("person_id", pl.col("occurred_at").alias("cleared_at"), tie(pl.col("event_id")).alias("cleared_tie"))
         .sort("person_id", "cleared_at", "cleared_tie")
-        .group_by("person_id")
-        .last()
+        .filter(last_in_run("person_id"))
     )
     after_clear = pl.col("cleared_at").is_null() | (pl.col("at") > pl.col("cleared_at")) | (
         (pl.col("at") == pl.col("cleared_at")) & (pl.col("tie") > pl.col("cleared_tie"))

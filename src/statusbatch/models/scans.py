@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-__all__ = ["first_in_run", "last_in_run", "running_sum", "shifted_in_run"]
+__all__ = ["carried_backward", "carried_forward", "first_in_run", "last_in_run", "running_sum", "shifted_in_run"]
 
 
 def first_in_run(*keys: str) -> pl.Expr:
@@ -31,3 +31,15 @@ def running_sum(value: pl.Expr, first: pl.Expr) -> pl.Expr:
 def shifted_in_run(value: pl.Expr, n: int, key: str) -> pl.Expr:
     """`value` of the row `n` rows earlier when it has the same `key`, else null."""
     return pl.when(pl.col(key).shift(n).eq_missing(pl.col(key))).then(value.shift(n))
+
+
+def carried_forward(value: pl.Expr, key: str = "person_key") -> pl.Expr:
+    """The latest non-null `value` at or before each row, within the row's `key` (null if none)."""
+    owner = pl.when(value.is_not_null()).then(pl.col(key)).forward_fill()
+    return pl.when(owner == pl.col(key)).then(value.forward_fill())
+
+
+def carried_backward(value: pl.Expr, key: str = "person_key") -> pl.Expr:
+    """The earliest non-null `value` at or after each row, within the row's `key` (null if none)."""
+    owner = pl.when(value.is_not_null()).then(pl.col(key)).backward_fill()
+    return pl.when(owner == pl.col(key)).then(value.backward_fill())
