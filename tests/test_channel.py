@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +17,8 @@ from statusbatch.models.channel import (
     REJECTED_TRANSITIONS_SCHEMA,
     _is_sorted_by,
     _ordered_runs,
+    _small_codes,
+    _sort_by_time,
     _sort_lex,
     archival_candidates,
     channel_machine,
@@ -297,6 +300,55 @@ def test_ordered_runs_falls_back_on_hash_collision():
         ("a", 1, True, 1), ("a", 3, False, 1), ("b", 1, True, 2), ("b", 2, False, 2)]
 
 
+@pytest.mark.parametrize("hasher", [
+    # every person collides on the first hash: the second one tells them apart, then exact ranks are used
+    lambda seed: pl.lit(7, pl.UInt64) if seed == 0 else pl.col("person_id").hash(seed),
+    # p (inbound only) and q collide on the first hash
+    lambda seed: pl.col("person_id").replace({"q": "p"}).hash(seed) if seed == 0 else pl.col("person_id").hash(seed),
+])
+def test_person_hash_collisions_cannot_mislead(monkeypatch, hasher):
+    import statusbatch.models.channel as model
+
+    people = [person("p"), person("q", None), person("r", None)]
+    events = [act("a1", "p", 1, "inbound_message"), act("a2", "q", 2, "stopped"), act("a3", "q", 3, "inbound_message"),
+              act("a4", "r", 4, "inbound_message"), act("a5", "q", 5, "deleted"), act("a6", "p", 6, "inbound_message"),
+              act("a7", "x", 7, "archived"), act("a8", "x", 8, "deleted"), act("a9", "x", 9, "blocked")]
+    expected = run(people, events)
+    monkeypatch.setattr(model, "_person_hash", hasher)
+    assert run(people, events) == expected
+    rows, rejected = expected
+    assert {p: r["status"] for p, r in rows.items()} == {"p": "active", "q": "active", "r": "active"}
+    assert rows["q"]["last_seen_on"] == date(2026, 3, 4) and rows["p"]["last_seen_on"] == date(2026, 3, 15)
+    # x is not in people: no status row, but its refused action is reported
+    assert [(r["event_id"], r["reason"]) for r in rejected] == [
+        ("a5", "only an archived contact can be deleted"), ("a9", "contact is deleted")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2, 3, 2**60, 2**62]),  # large groups are renumbered first
+                          st.sampled_from([0, 1, 2, 2**32, 2**40, -(2**62), 2**62]),
+                          st.integers(0, 5), st.one_of(st.none(), st.sampled_from("abc"))), max_size=40))
+def test_sort_by_time_equals_a_full_sort(rows):
+    """(group, time, event_id nulls first, row) order; a row may repeat across groups."""
+    df = pl.DataFrame(rows, schema={"g": pl.Int64, "t": pl.Int64, "r": pl.Int64, "e": pl.String}, orient="row")
+    df = df.unique(["g", "r"], keep="first", maintain_order=True)
+    event_id = pl.Series([f"{i % 3}" if i % 4 else None for i in range(6)], dtype=pl.String)
+    # the event id of a row is that row's: rebuild `e` from it
+    df = df.with_columns(e=event_id.gather(df["r"]))
+    group, row = _sort_by_time(df["g"].to_numpy(), df["t"].to_numpy(), df["r"].to_numpy(), event_id)
+    expected = df.sort(["g", "t", "e", "r"], nulls_last=False)
+    assert group.tolist() == expected["g"].to_list() and row.tolist() == expected["r"].to_list()
+    assert group.dtype == row.dtype == np.int64
+
+
+def test_small_codes_from_enum_and_string():
+    mapping = {"b": 1, "c": 2}
+    values = ["a", "b", None, "c", "b"]
+    got_enum = _small_codes(pl.Series(values, dtype=pl.Enum(["a", "b", "c"])), mapping)
+    got_str = _small_codes(pl.Series(values, dtype=pl.String), mapping)
+    assert got_enum.tolist() == got_str.tolist() == [0, 1, 0, 2, 1]
+
+
 # ---------------------------------------------------------------------------
 # property: the vectorised machine equals the plain per-person reference
 
@@ -346,3 +398,15 @@ def test_is_sorted_by_matches_a_sort(rows):
         assert in_order  # never a false "sorted" (that would skip a needed sort)
     elif df.null_count().sum_horizontal().item() == 0:
         assert not in_order  # exact without nulls (with nulls it may conservatively say no)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messaging_case(), st.randoms(use_true_random=False))
+def test_input_row_order_does_not_matter(case, rnd):
+    """Same tables whatever the order of the input rows (the machine sorts; runs only speed it up)."""
+    people, events = case
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    got = [pl.collect_all(channel_machine(frame("people", people), frame("events", evs), as_of=T))
+           for evs in (events, shuffled)]
+    assert got[0][0].equals(got[1][0]) and got[0][1].equals(got[1][1])

@@ -5,15 +5,19 @@ decision is written in docs/state-machines.md ("Sequence status").
 
 How it is computed (details and cost in docs/state-machines.md):
 
-1. Membership: adds and removes are resetters of a member/non-member bit
-   (an add refused for an opted-out person changes nothing), so one forward
-   fill over each (sequence, person)'s events, sorted by one integer key, gives
-   every membership *episode* (add → remove).
-2. System events never depend on the previous status except for the sticky
+1. Stream: each (sequence, person) pair is an integer made of the ranks of its
+   strings (exact, no hashing). Its events, plus the person's opted_out
+   events replicated into each of its pairs, are sorted once by a single
+   128-bit integer key (pair, time, row); strings stay in the input frame and
+   are read by row only where needed.
+2. Membership: adds and removes are resetters of a member/non-member bit
+   (an add refused for an opted-out person changes nothing), so the adds and
+   removes alone give every membership *episode* (add → remove).
+3. System events never depend on the previous status except for the sticky
    `opted_out` (§7.12), so between two manual changes their effect is a few
    aggregates per *segment* (any opted_out, last status resetter and its time,
-   any flag setter).
-3. Only manual `status_set`/`status_removed` need the previous state. They are
+   any flag setter): reductions over contiguous blocks of the stream.
+4. Only manual `status_set`/`status_removed` need the previous state. They are
    applied by a loop over their rank inside the episode; each step is a handful
    of numpy array operations over every episode that has a manual change of
    that rank (no per-row Python), folding in the preceding segment's aggregates.
@@ -32,11 +36,10 @@ from statusbatch.loading.contract import TIMESTAMP
 from statusbatch.models.channel import (
     REJECTED_MODEL,
     REJECTED_TRANSITIONS_SCHEMA,
-    _cum_sum_in,
     _ffill_in,
     _ordered_runs,
-    _prev_in,
-    _sort_lex,
+    _small_codes,
+    _sort_by_time,
 )
 
 __all__ = [
@@ -61,13 +64,35 @@ _VALUE_CODES = {**{s: i for i, s in enumerate(codes.SEQUENCE_STATUSES)}, "replie
                 "auto_replied": AUTO_REPLIED}
 _SYSTEM_ONLY_FLAGS = ("contacted", "opened", "clicked", "auto_replied", "called")
 _NOT_REMOVABLE = ("contacted", "opened", "clicked", "auto_replied", "active")
-# replied_by codes (0 = none)
-_REPLY_CHANNELS = ("email", "sms")
 
 # Reasons of a refused change.
 OK, TEAM, UNKNOWN, SYSTEM_ONLY, NOT_REMOVABLE, ALREADY, NOT_ALLOWED, NEEDS_CONTACTED, COMPLETED, NOT_CURRENT, \
     NOT_SET = range(11)
 _TEAM_REASON = "only the sequence owner can change statuses (Team Edition)"
+
+# Event codes in the stream: type << 2 | reply channel (1 email, 2 sms; only on replied and status_set).
+_TYPES = (
+    "sequence_added", "sequence_removed", "email_sent", "sequence_completed", "email_opened", "link_clicked",
+    "replied", "auto_replied", "out_of_office", "bounced", "missing_data", "call_step_reached", "call_logged",
+    "status_set", "status_removed", "opted_out",
+)
+if set(_TYPES) != set(codes.SEQUENCE_SCOPED_EVENTS) | {"opted_out"}:
+    raise ImportError("statusbatch.codes.SEQUENCE_SCOPED_EVENTS changed: update the event codes of models/sequences.py")
+(T_ADD, T_REMOVE, T_SENT, T_COMPLETED, T_OPENED, T_CLICKED, T_REPLIED, T_AUTO_REPLIED, T_OOO, T_BOUNCED, T_MISSING,
+ T_TO_CALL, T_CALLED, T_SET, T_UNSET, T_OPT_OUT) = range(1, 17)
+T_REFUSED_ADD = 17  # an add while the opt-out component holds
+_TYPE_CODES = {name: i for i, name in enumerate(_TYPES, 1)}
+_REPLY_CHANNELS = {"email": 1, "sms": 2}
+
+_RESET = np.full(32, _NO_STATUS, np.uint8)
+"""Status set by a system event type; `replied` only when the sequence finishes on reply."""
+_RESET[[T_BOUNCED, T_OOO, T_AUTO_REPLIED, T_COMPLETED, T_MISSING, T_REPLIED]] = (
+    BOUNCED, OUT_OF_OFFICE, FINISHED, FINISHED, MISSING_DATA, FINISHED)
+_BIT = np.uint32(1) << np.arange(32, dtype=np.uint32)
+_SEGMENT_FLAGS = {"contacted": T_SENT, "completed": T_COMPLETED, "replied": T_REPLIED, "to_call": T_TO_CALL,
+                  "called": T_CALLED}
+_EPISODE_FLAGS = {"contacted": T_SENT, "opened": T_OPENED, "clicked": T_CLICKED, "auto_replied": T_AUTO_REPLIED,
+                  "completed": T_COMPLETED}
 
 
 class SequenceMachine(NamedTuple):
@@ -124,41 +149,159 @@ def sequence_machine(
     resume_us = ooo_resume_days * 86_400_000_000
     as_of_us = _to_us(as_of)
 
-    timeline, pairs, stream, early_rejects = _membership_stream(events, opt_out_changes, as_of)
-    episodes, current, member, membership_rejects = _episodes(timeline, pairs, stream, sequences)
-    member = _with_segment_scans(member)
-    manual = _manual_events(timeline, episodes, member)
+    timeline = _timeline(events, as_of_us)
+    pairs = _pairs(timeline)
+    props = _props(pairs, sequences)
+    _refuse_opted_out_adds(timeline, opt_out_changes)
+    stream = _stream(timeline, pairs)
+    ep = _episodes(stream)
+    manual = _manual_events(timeline, pairs, props, stream, ep)
     manual_out = _apply_manual(manual, resume_us)
 
-    final = _final_state(episodes, current, member, manual_out, as_of_us, resume_us)
-    rejected = pl.concat(
-        [early_rejects, membership_rejects, _manual_rejects(manual_out)], how="vertical"
-    ).sort("_ord").drop("_ord")  # in the order the refused events happened
+    final = _final_state(pairs, props, stream, ep, manual, manual_out, as_of_us, resume_us)
+    rejected = _rejected(timeline, stream, ep, manual, manual_out)
     return SequenceMachine(status=final.lazy(), rejected=rejected.lazy())
 
 
 # ----------------------------------------------------------------------------
-# 1. membership episodes
+# 1. timeline, pairs and the sorted stream
 
 
 def _to_us(ts: datetime) -> int:
     return int(pl.Series([ts]).cast(TIMESTAMP).dt.epoch("us")[0])
 
 
-def _opted_out_at_adds(adds: pl.LazyFrame, opt_out_changes: pl.LazyFrame) -> pl.DataFrame:
+class _Timeline(NamedTuple):
+    frame: pl.DataFrame
+    """The events as given (not copied); row number = position. Strings are read from here."""
+    t: np.ndarray
+    """occurred_at, epoch µs."""
+    code: np.ndarray
+    """uint8 event code: type << 2 | reply channel; 0 = not relevant (other type, or after T)."""
+
+
+def _take(frame: pl.DataFrame, rows: np.ndarray, columns: list[str]) -> pl.DataFrame:
+    """`frame[rows, columns]` for a few distinct rows: a filter (sequential, unlike a gather
+    from many chunks of strings), then a gather from the small result."""
+    mask = np.zeros(frame.height, bool)
+    mask[rows] = True
+    sub = frame.select(columns).filter(pl.Series(mask)).rechunk()
+    return sub[np.searchsorted(np.flatnonzero(mask), rows)]
+
+
+def _timeline(events: pl.LazyFrame, as_of_us: int) -> _Timeline:
+    """The events as given (not copied or sorted); the filters (type, sequence, T) only zero the code."""
+    frame = events.select(
+        "event_id", "person_id", "sequence_id", "actor_id", "value", "event_type", "channel", "occurred_at"
+    ).collect()
+    ty = _small_codes(frame["event_type"], _TYPE_CODES)
+    at = frame["occurred_at"].dt.epoch("us")
+    keep = frame["sequence_id"].is_not_null().to_numpy() & (ty != 0) | (ty == T_OPT_OUT)
+    if at.null_count():
+        keep &= at.is_not_null().to_numpy()
+        at = at.fill_null(0)
+    t = at.to_numpy()
+    keep &= t <= as_of_us
+    code = np.where(keep, ty << 2, 0).astype(np.uint8)
+    replied = np.flatnonzero((code == T_REPLIED << 2) | (code == T_SET << 2))
+    code[replied] |= _small_codes(frame["channel"].gather(replied), _REPLY_CHANNELS)
+    return _Timeline(frame, t, code)
+
+
+class _Pairs(NamedTuple):
+    """(sequence, person) pairs as integers: pair id = person rank · len(sequences) + sequence rank,
+    ranks being positions in the sorted distinct strings (exact, no hashing)."""
+
+    persons: pl.Series
+    sequences: pl.Series
+    of_row: np.ndarray
+    """Pair of every timeline row, -1 without a sequence."""
+    heads: np.ndarray
+    """First row of each run of rows of one pair (or one person, without a sequence) ..."""
+    person_of_run: np.ndarray
+    """... and the run's person rank."""
+
+    def seq(self, pair: np.ndarray) -> np.ndarray:
+        return pair % max(self.sequences.len(), 1)
+
+    def person(self, pair: np.ndarray) -> np.ndarray:
+        return pair // max(self.sequences.len(), 1)
+
+    def person_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        return self.person_of_run[np.searchsorted(self.heads, rows, side="right") - 1]
+
+
+def _dense_rank(values: pl.Series) -> tuple[pl.Series, np.ndarray]:
+    """(sorted distinct values, nulls first; position of each value in it)."""
+    if values.is_sorted():  # (when events come grouped by person, exported in person order)
+        head = values.ne_missing(values.shift(1)).to_numpy(writable=True)
+        if head.size:
+            head[0] = True
+        return values.filter(pl.Series(head)), np.cumsum(head) - 1
+    distinct = values.unique().sort()
+    rank = values.to_frame("v").join(
+        distinct.to_frame("v").with_row_index("_r"), on="v", how="left", maintain_order="left", nulls_equal=True
+    )["_r"]
+    return distinct, rank.cast(pl.Int64).to_numpy()
+
+
+def _pairs(timeline: _Timeline) -> _Pairs:
+    """Pair of every row, from the strings once per run of rows of one pair
+    (cheap when events come grouped by person: few runs, persons presorted)."""
+    p, s = pl.col("person_id"), pl.col("sequence_id")
+    changed = timeline.frame.select(p.ne_missing(p.shift(1)), s.ne_missing(s.shift(1)))  # (two threads)
+    head = changed["person_id"].to_numpy() | changed["sequence_id"].to_numpy()
+    if head.size:
+        head[0] = True
+    runs = timeline.frame.select("person_id", "sequence_id").filter(pl.Series(head)).rechunk()
+    persons, person_of_run = _dense_rank(runs["person_id"])
+    sequences = runs["sequence_id"].drop_nulls().unique().sort()
+    seq_of_run = (
+        runs.select("sequence_id")
+        .join(pl.DataFrame({"sequence_id": sequences, "_r": np.arange(sequences.len())}),
+              on="sequence_id", how="left", maintain_order="left")["_r"]
+        .fill_null(-1)
+        .to_numpy()
+    )
+    pair_of_run = np.where(seq_of_run >= 0, person_of_run * max(sequences.len(), 1) + seq_of_run, -1)
+    heads = np.flatnonzero(head)
+    of_row = np.repeat(pair_of_run, np.diff(np.append(heads, head.size)))
+    return _Pairs(persons, sequences, of_row, heads, person_of_run)
+
+
+def _props(pairs: _Pairs, sequences: pl.LazyFrame) -> pl.DataFrame:
+    """Per sequence rank: `_owner`, `_team`, `_finish`."""
+    return (
+        pl.LazyFrame({"sequence_id": pairs.sequences})
+        .join(
+            sequences.select(
+                "sequence_id",
+                _owner=pl.col("owner_id"),
+                _team=pl.col("team_edition"),
+                _finish=pl.col("reply_handling").cast(pl.String).fill_null("finish") == "finish",
+            ),
+            on="sequence_id",
+            how="left",
+            maintain_order="left",
+        )
+        .with_columns(pl.col("_team").fill_null(False), pl.col("_finish").fill_null(True))
+        .collect()
+    )
+
+
+def _opted_out_at_adds(adds: pl.LazyFrame, changes: pl.LazyFrame) -> pl.DataFrame:
     """The §3.2 opted_out component at each add (`_ord`, `_opted`).
 
     The latest change ordered at or before the add, by (time, event_id), an
     export observation (null event_id) first at its instant; none → false.
     """
-    changes = opt_out_changes.select(
-        pl.col("person_id"), pl.col("changed_at").alias("occurred_at"), pl.col("event_id"),
-        pl.col("opted_out").cast(pl.Boolean).fill_null(False), _ord=pl.lit(None, pl.UInt32),
-    )
     both = pl.concat(
         [
             adds.select("person_id", "occurred_at", "event_id", opted_out=pl.lit(None, pl.Boolean), _ord="_ord"),
-            changes,
+            changes.select(
+                pl.col("person_id"), pl.col("changed_at").alias("occurred_at"), pl.col("event_id"),
+                pl.col("opted_out").cast(pl.Boolean).fill_null(False), _ord=pl.lit(None, pl.UInt32),
+            ),
         ],
         how="vertical",
     ).with_columns(_is_add=pl.col("_ord").is_not_null())
@@ -168,256 +311,219 @@ def _opted_out_at_adds(adds: pl.LazyFrame, opt_out_changes: pl.LazyFrame) -> pl.
     ).select("_ord", "_opted")
 
 
-_WIDE = ["event_id", "person_id", "sequence_id", "actor_id", "value"]
-
-
-def _membership_stream(
-    events: pl.LazyFrame, opt_out_changes: pl.LazyFrame, as_of: datetime
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(timeline, pairs, stream, early rejects).
-
-    timeline: the relevant events in (occurred_at, event_id) order, `_ord` = row
-    number (one sort, skipped when the input is already in that order);
-    pairs: one row per (sequence, person) with an add, `_pair` = row number;
-    stream: narrow (no strings) events of each pair that can matter, person-level
-    opt-outs replicated into each pair, sorted by one integer key (pair, _ord);
-    early rejects: manual changes of a pair before its first add (never a member).
-    Strings are gathered back from the timeline by `_ord` only where needed.
-    """
-    t = pl.col("event_type")
-    events = events.filter(pl.col("occurred_at") <= as_of)
-    manual = t.is_in(["status_set", "status_removed"])
-    wanted = (t.is_in(codes.SEQUENCE_SCOPED_EVENTS) & pl.col("sequence_id").is_not_null()) | (t == "opted_out")
-    timeline = events.filter(wanted).select(
-        *_WIDE, "occurred_at", "event_type",
-        pl.when(t.is_in(["replied", "status_set"])).then(pl.col("channel")).alias("channel"),
-    ).collect()
-    timeline = _sort_lex(timeline, ["occurred_at", "event_id"]).with_row_index("_ord")
-    tl = timeline.lazy()
-    adds = tl.filter(t == "sequence_added")
-    opted = _opted_out_at_adds(adds, opt_out_changes)
-    pairs = (
-        adds.group_by("sequence_id", "person_id")
-        .agg(_first_add=pl.col("_ord").min())
-        .sort("_first_add")
-        .with_row_index("_pair")
-        .collect()
+def _refuse_opted_out_adds(timeline: _Timeline, opt_out_changes: pl.LazyFrame) -> None:
+    """Recode (in place) the adds made while the person's opt-out component holds
+    (only people with opt-out changes can have one)."""
+    changes = opt_out_changes.collect()
+    is_add = (timeline.code >> 2) == T_ADD
+    rows = np.flatnonzero(is_add)
+    with_changes = timeline.frame["person_id"].filter(pl.Series(is_add)).is_in(changes["person_id"].implode())
+    rows = rows[with_changes.fill_null(True).to_numpy()]
+    adds = _take(timeline.frame, rows, ["person_id", "occurred_at", "event_id"]).with_columns(
+        _ord=pl.Series(rows, dtype=pl.UInt32)
     )
-    narrow = ["_pair", "_ord", "occurred_at", "event_type", "channel"]
-    seq_rows = _with_pair(tl.filter(t != "opted_out"), pairs, narrow[1:])
-    # before the pair's first add (or with no add at all) nobody is a member
-    early = pl.col("_pair").is_null() | (pl.col("_ord") < pl.col("_first_add"))
-    early_rejects = _gather_wide(timeline, seq_rows.filter(early & manual).select("_ord")).select(
-        "_ord",
-        "event_id",
-        model=pl.lit("sequence", REJECTED_MODEL),
-        person_id=pl.lit(timeline["person_id"]).gather(pl.col("_ord")),
-        sequence_id=pl.lit(timeline["sequence_id"]).gather(pl.col("_ord")),
-        from_status=pl.lit(None, pl.String),
-        requested=pl.coalesce(pl.col("value"), pl.lit(timeline["event_type"]).gather(pl.col("_ord")).cast(pl.String)),
-        reason=pl.lit("not in the sequence"),
-    )
+    opted = _opted_out_at_adds(adds.lazy(), changes.lazy()).filter(pl.col("_opted"))
+    timeline.code[opted["_ord"].to_numpy()] = T_REFUSED_ADD << 2
+
+
+class _Stream(NamedTuple):
+    """Events of the pairs in (pair, occurred_at, event_id) order."""
+
+    pair: np.ndarray
+    row: np.ndarray
+    """Row in the timeline (a replicated opted_out keeps its row)."""
+    code: np.ndarray
+    t_of_row: np.ndarray
+    """The timeline's times, by row."""
+
+    def t(self, pos: np.ndarray) -> np.ndarray:
+        return self.t_of_row[self.row[pos]]
+
+
+def _stream(timeline: _Timeline, pairs: _Pairs) -> _Stream:
+    ty = timeline.code >> 2
     # a person-level opted_out applies to every sequence the person is in at that time
-    person_opt_outs = (
-        tl.filter(t == "opted_out")
-        .select("person_id", *narrow[1:])
-        .join(pairs.lazy().select("person_id", "_pair", "_first_add"), on="person_id", how="inner")
-        .filter(pl.col("_ord") > pl.col("_first_add"))
-        .select(narrow)
+    with_add = pl.Series(pairs.of_row[(ty == T_ADD) | (ty == T_REFUSED_ADD)]).unique()
+    opt_out = np.flatnonzero(ty == T_OPT_OUT)
+    replicated = pl.DataFrame({"_person": pairs.person_of_rows(opt_out), "_row": opt_out}).join(
+        pl.DataFrame({"_person": pairs.person(with_add.to_numpy()), "_pair": with_add}),
+        on="_person", how="inner", maintain_order="left",
     )
-    stream = pl.concat([seq_rows.filter(~early).select(narrow), person_opt_outs], how="vertical")
-    stream, early_rejects = pl.collect_all([stream, early_rejects])
-    stream = stream.with_columns(
-        _key=pl.col("_pair").cast(pl.UInt64) * (1 << 32) + pl.col("_ord").cast(pl.UInt64)
-    ).sort("_key")
-    opted_by_ord = pl.repeat(None, timeline.height, dtype=pl.Boolean, eager=True).scatter(opted["_ord"], opted["_opted"])
-    stream = stream.with_columns(
-        _first=(pl.col("_pair") != pl.col("_pair").shift(1)).fill_null(True),
-        _opted=pl.lit(opted_by_ord).gather(pl.col("_ord")),
-    ).drop("_key")
-    return timeline, pairs, stream, early_rejects
-
-
-def _pair_hash(keys: list[str], seed: int) -> pl.Expr:
-    return pl.struct(keys).hash(seed=seed)
-
-
-def _with_pair(rows: pl.LazyFrame, pairs: pl.DataFrame, columns: list[str]) -> pl.LazyFrame:
-    """`rows[columns]` with `_pair` and `_first_add` of their (sequence, person), null when it has no add.
-
-    Joined on a 64-bit hash of the pair (far cheaper than on two strings) and
-    checked with a second, independently seeded 64-bit hash: a wrong match needs
-    both to collide at once (~2⁻¹²⁸). When two pairs with adds share the first
-    hash, the strings are joined instead.
-    """
-    keys = ["sequence_id", "person_id"]
-    hashed = pairs.select("_pair", "_first_add", _h=_pair_hash(keys, 0), _h2p=_pair_hash(keys, 1))
-    if hashed["_h"].n_unique() != hashed.height:
-        return rows.select(*columns, *keys).join(pairs.lazy(), on=keys, how="left").drop(keys)
-    return (
-        rows.select(*columns, _h=_pair_hash(keys, 0), _h2=_pair_hash(keys, 1))
-        .join(hashed.lazy(), on="_h", how="left")
-        .with_columns(
-            pl.when(pl.col("_h2") == pl.col("_h2p")).then(pl.col(c)).alias(c) for c in ("_pair", "_first_add")
-        )
-        .drop("_h", "_h2", "_h2p")
-    )
-
-
-def _gather_wide(timeline: pl.DataFrame, frame: pl.LazyFrame) -> pl.LazyFrame:
-    """`frame` with the string columns of its events, found by `_ord`."""
-    return frame.with_columns(
-        **{c: pl.lit(timeline[c]).gather(pl.col("_ord")) for c in ("event_id", "actor_id", "value")}
-    )
-
-
-def _episodes(
-    timeline: pl.DataFrame, pairs: pl.DataFrame, stream: pl.DataFrame, sequences: pl.LazyFrame
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(episodes, current episode ids, events inside a membership, refused adds and non-member changes).
-
-    Membership is a bit with resetters: an add that is not refused sets it, a
-    remove clears it; an add refused for an opted-out person changes nothing.
-    """
-    t = pl.col("event_type")
-    first = pl.col("_first")
-    is_add, is_remove = t == "sequence_added", t == "sequence_removed"
-    opted = pl.col("_opted").fill_null(False)
-    manual = t.is_in(["status_set", "status_removed"])
-    mem_write = pl.when(is_add & ~opted).then(pl.lit(1, pl.Int8)).when(is_remove).then(pl.lit(0, pl.Int8))
-    df = (
-        stream.lazy()
-        .with_columns(_after=_ffill_in(mem_write, first, pl.lit(0, pl.Int8)))
-        .with_columns(_before=_prev_in(pl.col("_after"), first, pl.lit(0, pl.Int8)))
-        .with_columns(_start=is_add & ~opted & (pl.col("_before") == 0))
-        # one global, increasing id per episode (runs are contiguous, in time order)
-        .with_columns(epi=pl.col("_start").cum_sum().cast(pl.Int64) - 1)
-        .collect()
-    )
-    props = sequences.select(
-        "sequence_id",
-        _owner=pl.col("owner_id"),
-        _team=pl.col("team_edition"),
-        _finish=pl.col("reply_handling").cast(pl.String).fill_null("finish") == "finish",
-    )
-    episodes = (
-        df.lazy()
-        .filter(pl.col("_start"))
-        .select("epi", "_pair", added_at=pl.col("occurred_at"))
-        .join(pairs.lazy().select("_pair", "sequence_id", "person_id"), on="_pair", how="left", maintain_order="left")
-        .join(props, on="sequence_id", how="left", maintain_order="left")
-        .with_columns(pl.col("_team").fill_null(False), pl.col("_finish").fill_null(True))
-        .collect()
-    )
-    # the pair's last episode is current when the pair ends as a member
-    is_last = first.shift(-1).fill_null(True)
-    current = df.filter(is_last & (pl.col("_after") == 1)).select("epi")
-    member = df.filter((pl.col("_before") == 1) & ~is_add & ~is_remove).select(
-        "epi", "_ord", "occurred_at", "event_type", "channel", _manual=manual
-    )
-    rejects = _gather_wide(
-        timeline, df.lazy().filter((pl.col("_before") == 0) & ((is_add & opted) | manual)).select("_ord", "event_type")
-    ).select(
-        "_ord",
-        "event_id",
-        model=pl.lit("sequence", REJECTED_MODEL),
-        person_id=pl.lit(timeline["person_id"]).gather(pl.col("_ord")),
-        sequence_id=pl.lit(timeline["sequence_id"]).gather(pl.col("_ord")),
-        from_status=pl.lit(None, pl.String),
-        requested=pl.when(is_add).then(pl.lit("sequence_added")).otherwise(
-            pl.coalesce(pl.col("value"), t.cast(pl.String))
-        ),
-        reason=pl.when(is_add).then(pl.lit("person is opted out")).otherwise(pl.lit("not in the sequence")),
-    ).collect()
-    member = member.with_columns(_finish=pl.lit(episodes["_finish"]).gather(pl.col("epi")))
-    return episodes, current, member, rejects
+    # every row as many times as it has pairs, in row order: the sort is much
+    # cheaper on keys mostly in order already
+    copies = ((pairs.of_row >= 0) & (ty != 0) & (ty != T_OPT_OUT)).astype(np.int64)
+    opt_rows, n_pairs = np.unique(replicated["_row"].to_numpy(), return_counts=True)
+    copies[opt_rows] = n_pairs
+    row = np.repeat(np.arange(copies.size), copies)
+    pair = pairs.of_row[row]
+    pair[(ty[row] == T_OPT_OUT)] = replicated["_pair"].to_numpy()
+    pair, row = _sort_by_time(pair, timeline.t[row], row, timeline.frame["event_id"])
+    return _Stream(pair, row, timeline.code[row], timeline.t)
 
 
 # ----------------------------------------------------------------------------
-# 2. system events: what each segment between manual changes does
+# 2. membership episodes and what the system events of each segment did
+
+_RESETTERS = (T_BOUNCED, T_OOO, T_AUTO_REPLIED, T_COMPLETED, T_MISSING)
+"""Status resetters, `replied` aside (it is one only when the sequence finishes on reply)."""
 
 
-def _status_resetter() -> pl.Expr:
-    t = pl.col("event_type")
-    return (
-        pl.when(pl.col("_manual")).then(None)
-        .when(t == "bounced").then(BOUNCED)
-        .when(t == "out_of_office").then(OUT_OF_OFFICE)
-        .when(t.is_in(["auto_replied", "sequence_completed"])).then(FINISHED)
-        .when((t == "replied") & pl.col("_finish")).then(FINISHED)
-        .when(t == "missing_data").then(MISSING_DATA)
-        .otherwise(None)
-        .cast(pl.UInt8)
-    )
+def _is_any(ty: np.ndarray, types: tuple[int, ...]) -> np.ndarray:
+    """`ty` in `types`, by comparisons: far cheaper than a lookup table over millions of rows."""
+    out = ty == types[0]
+    for other in types[1:]:
+        out |= ty == other
+    return out
 
 
-def _reply_channel(type_is_reply: pl.Expr) -> pl.Expr:
-    ch = pl.col("channel").cast(pl.String)
-    return pl.when(type_is_reply & ch.is_in(_REPLY_CHANNELS)).then(
-        pl.when(ch == "email").then(pl.lit(1, pl.UInt8)).otherwise(pl.lit(2, pl.UInt8))
-    )
+class _Episodes(NamedTuple):
+    starts: np.ndarray
+    """Stream position of each episode's accepted add (episode id = index)."""
+    ends: np.ndarray
+    """Position just after each episode (its remove, or the end of its pair)."""
+    current: np.ndarray
+    """Ids of the episodes open at the end of their pair (ascending = pair order)."""
+    manual: np.ndarray
+    """Positions of the manual changes made inside an episode ..."""
+    manual_epi: np.ndarray
+    """... and their episode."""
+    outside: np.ndarray
+    """Positions of manual changes and refused adds outside any episode."""
+    block: np.ndarray
+    """Block of every row: blocks start at episode starts and ends and after each member manual change."""
+    block_bits: np.ndarray
+    """Per block: bit `1 << type` of every event in it."""
+    episode_bits: np.ndarray
+    """Per episode: the same over the whole episode."""
+    last_reset: np.ndarray
+    """Per block: position of the last status resetter other than `replied`, or -1."""
+    last_replied: np.ndarray
+    """Per block: position of the last `replied`, or -1."""
+    last_reply_channel: np.ndarray
+    """Per block: position of the last `replied` by email or sms, or -1."""
 
 
-_SEGMENT_FLAGS = {
-    "contacted": "email_sent",
-    "completed": "sequence_completed",
-    "replied": "replied",
-    "to_call": "call_step_reached",
-    "called": "call_logged",
-}
-_EPISODE_FLAGS = {
-    "contacted": "email_sent",
-    "opened": "email_opened",
-    "clicked": "link_clicked",
-    "auto_replied": "auto_replied",
-    "completed": "sequence_completed",
-}
+def _inside(starts: np.ndarray, ends: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inside, episode) of stream positions that are not accepted adds."""
+    epi = np.searchsorted(starts, pos, side="right") - 1
+    return (epi >= 0) & (pos < ends[np.maximum(epi, 0)] if ends.size else False), epi
 
 
-def _with_segment_scans(member: pl.DataFrame) -> pl.DataFrame:
-    """Adds, on every row, what the system events of its segment did up to it.
+def _episodes(s: _Stream) -> _Episodes:
+    """Membership is a bit with resetters: an add that is not refused sets it, a
+    remove clears it, an add refused for an opted-out person changes nothing;
+    so it only needs the (few) adds and removes.
 
-    A segment is the run of system events between two manual changes of an
-    episode; a manual change is the last row of the block that holds its
-    preceding segment, so on that row the scans are exactly the segment's
-    effect, whatever state it starts from (system events are resetters, the
-    sticky opted_out aside, and flag setters). Scans reset at every block start.
+    Segments: a manual change is the last row of the block that holds its
+    preceding segment; system events are resetters (the sticky opted_out aside)
+    and flag setters, so a block's effect is a few reductions, whatever state it
+    starts from. Blocks are also cut at episode ends, so rows outside
+    memberships never mix in, and the events inside a membership that are not
+    system events (adds, manual changes) have types that no reduction reads.
     """
-    t = pl.col("event_type")
-    m = pl.col("_manual")
-    epi = pl.col("epi")
-    sys_ = ~m
-    epi_first = (epi != epi.shift(1)).fill_null(True)
-    block_first = pl.col("_block_first")
-    reset = pl.col("_reset")
-    return (
-        member.lazy()
-        .with_columns(
-            _epi_first=epi_first,
-            _block_first=epi_first | m.shift(1).fill_null(False),
-            _reset=_status_resetter(),
-        )
-        .with_columns(
-            seg=(_cum_sum_in(m, pl.col("_epi_first")) - m.cast(pl.Int64)),
-            s_optout=_cum_sum_in(sys_ & (t == "opted_out"), block_first) > 0,
-            s_status=_ffill_in(reset, block_first, pl.lit(_NO_STATUS, pl.UInt8)),
-            s_status_at=_ffill_in(
-                pl.when(reset.is_not_null()).then(pl.col("occurred_at").dt.epoch("us")), block_first, pl.lit(0, pl.Int64)
-            ),
-            s_replied_by=_ffill_in(_reply_channel(sys_ & (t == "replied")), block_first, pl.lit(0, pl.UInt8)),
-            **{f"s_{f}": _cum_sum_in(sys_ & (t == ty), block_first) > 0 for f, ty in _SEGMENT_FLAGS.items()},
-            **{f"e_{f}": _cum_sum_in(t == ty, pl.col("_epi_first")) > 0 for f, ty in _EPISODE_FLAGS.items()},
-        )
-        .collect()
+    n = s.row.size
+    ty = s.code >> 2
+    first = np.ones(n, bool)
+    np.not_equal(s.pair[1:], s.pair[:-1], out=first[1:])
+    pair_starts = np.append(np.flatnonzero(first), n)
+    writers = np.flatnonzero(_is_any(ty, (T_ADD, T_REMOVE)))
+    adds = ty[writers] == T_ADD
+    before = np.zeros(writers.size, bool)  # member just before each writer
+    before[1:] = adds[:-1] & (s.pair[writers[1:]] == s.pair[writers[:-1]])
+    starts = writers[adds & ~before]
+    removes = writers[~adds & before]
+    # an episode ends at the first remove after it in its pair, else at the pair's end
+    pair_end = pair_starts[np.searchsorted(pair_starts, starts, side="right")]
+    nxt = np.searchsorted(removes, starts)
+    removed_at = np.append(removes, n)[nxt]
+    ends = np.minimum(removed_at, pair_end)
+    current = np.flatnonzero(removed_at >= pair_end)
+
+    candidates = np.flatnonzero(_is_any(ty, (T_SET, T_UNSET)))
+    inside, epi = _inside(starts, ends, candidates)
+    manual, manual_epi = candidates[inside], epi[inside]
+    refused = np.flatnonzero(ty == T_REFUSED_ADD)
+    outside = np.sort(np.concatenate([candidates[~inside], refused[~_inside(starts, ends, refused)[0]]]))
+
+    cuts = np.concatenate([[0], starts, manual + 1, ends])
+    block_first = np.zeros(n + 1, bool)
+    block_first[cuts] = True
+    block_first = block_first[:n]
+    block = np.cumsum(block_first, dtype=np.int32) - 1
+    block_pos = np.flatnonzero(block_first)
+    bits = np.left_shift(np.uint32(1), ty, dtype=np.uint32)
+    block_bits = np.bitwise_or.reduceat(bits, block_pos) if n else np.zeros(0, np.uint32)
+    # per episode: reduce its blocks only (pairs of bounds; odd results span the gaps)
+    bounds = np.empty(2 * starts.size, np.int64)
+    bounds[0::2], bounds[1::2] = block[starts], block[ends - 1] + 1
+    episode_bits = (
+        np.bitwise_or.reduceat(np.append(block_bits, np.uint32(0)), bounds)[0::2]
+        if starts.size else np.zeros(0, np.uint32)
     )
+
+    def last_in_block(pos: np.ndarray) -> np.ndarray:
+        b = block[pos]
+        keep = np.ones(pos.size, bool)
+        keep[:-1] = b[1:] != b[:-1]
+        out = np.full(block_pos.size, -1, np.int64)
+        out[b[keep]] = pos[keep]
+        return out
+
+    replied = np.flatnonzero(ty == T_REPLIED)
+    return _Episodes(
+        starts=starts,
+        ends=ends,
+        current=current,
+        manual=manual,
+        manual_epi=manual_epi,
+        outside=outside,
+        block=block,
+        block_bits=block_bits,
+        episode_bits=episode_bits,
+        last_reset=last_in_block(np.flatnonzero(_is_any(ty, _RESETTERS))),
+        last_replied=last_in_block(replied),
+        last_reply_channel=last_in_block(replied[(s.code[replied] & 3) != 0]),
+    )
+
+
+def _segment(s: _Stream, ep: _Episodes, blocks: np.ndarray, finish: np.ndarray) -> dict[str, np.ndarray]:
+    """What the system events of `blocks` (-1 = an empty segment) did: the `s_*` values."""
+    empty = blocks < 0
+    b = np.where(empty, 0, blocks)
+    bits = np.where(empty, np.uint32(0), ep.block_bits[b])
+    reset = np.where(empty, -1, np.maximum(ep.last_reset[b], np.where(finish, ep.last_replied[b], -1)))
+    channel = np.where(empty, -1, ep.last_reply_channel[b])
+    has_reset, has_channel = reset >= 0, channel >= 0
+    r, c = np.where(has_reset, reset, 0), np.where(has_channel, channel, 0)
+    return {
+        "s_optout": (bits & _BIT[T_OPT_OUT]) != 0,
+        "s_status": np.where(has_reset, _RESET[s.code[r] >> 2], _NO_STATUS).astype(np.uint8),
+        "s_status_at": np.where(has_reset, s.t(r), 0).astype(np.int64),
+        "s_replied_by": np.where(has_channel, s.code[c] & 3, 0).astype(np.uint8),
+        **{f"s_{f}": (bits & _BIT[ty]) != 0 for f, ty in _SEGMENT_FLAGS.items()},
+    }
 
 
 # ----------------------------------------------------------------------------
 # 3. manual changes: static checks, then the loop over their rank
 
 
-def _manual_events(timeline: pl.DataFrame, episodes: pl.DataFrame, member: pl.DataFrame) -> pl.DataFrame:
-    """Manual changes with their static refusals, sorted by (rank in episode, episode)."""
+def _manual_events(
+    timeline: _Timeline, pairs: _Pairs, props: pl.DataFrame, s: _Stream, ep: _Episodes
+) -> dict[str, np.ndarray]:
+    """Manual changes with their static refusals and preceding segment, sorted by (rank in episode, episode)."""
+    pos, epi = ep.manual, ep.manual_epi
+    k = pos.size
+    new_epi = np.ones(k, bool)
+    new_epi[1:] = epi[1:] != epi[:-1]
+    idx = np.arange(k)
+    seg = idx - np.maximum.accumulate(np.where(new_epi, idx, 0))
+    has_next = np.zeros(k, bool)
+    has_next[:-1] = ~new_epi[1:]
+    seq = pairs.seq(s.pair[ep.starts[epi]])
+    finish = props["_finish"].to_numpy()[seq]
+    row = s.row[pos]
+
     t = pl.col("event_type")
     v = pl.col("value")
     is_set = t == "status_set"
@@ -432,50 +538,41 @@ def _manual_events(timeline: pl.DataFrame, episodes: pl.DataFrame, member: pl.Da
         .otherwise(OK)
         .cast(pl.UInt8)
     )
-    seg_cols = ["s_optout", "s_status", "s_status_at", "s_replied_by", *[f"s_{f}" for f in _SEGMENT_FLAGS]]
-    by_epi = {c: pl.lit(episodes[c]).gather(pl.col("epi")) for c in ("_owner", "_team", "sequence_id", "person_id")}
-    return (
-        _gather_wide(timeline, member.lazy().filter(pl.col("_manual")))
-        .with_columns(**by_epi)
-        .select(
-            "epi", "seg", "_ord", "event_id", "person_id", "sequence_id", "value", "event_type", *seg_cols,
-            x=pl.col("occurred_at").dt.epoch("us"),
-            is_set=is_set,
-            code=code,
-            static=static,
-            finish=pl.col("_finish"),
-            rch=_reply_channel(pl.lit(True)).fill_null(0),
-            has_next=(pl.col("epi") == pl.col("epi").shift(-1)).fill_null(False),
-        )
-        .sort("seg", "epi")
-        .collect()
+    checks = (
+        _take(timeline.frame, row, ["event_type", "value", "actor_id"])
+        .hstack(props.select("_owner", "_team")[seq])
+        .select(is_set=is_set, code=code, static=static)
     )
+    columns = {
+        "pos": pos, "row": row, "epi": epi, "seg": seg, "has_next": has_next, "finish": finish,
+        "x": s.t(pos), "rch": s.code[pos] & 3,
+        **{c: checks[c].to_numpy() for c in checks.columns},
+        **_segment(s, ep, ep.block[pos], finish),
+    }
+    # computed in stream order (memory access in order), then sorted; rows are in episode order already
+    order = np.argsort(seg, kind="stable")
+    return {name: values[order] for name, values in columns.items()}
 
 
 _STATE = ("status", "since", "contacted", "completed", "replied", "replied_by", "to_call", "called")
-
-
-def _apply_manual(manual: pl.DataFrame, resume_us: int) -> pl.DataFrame:
-    """Apply every manual change in order; returns `manual` with the state before and after each.
+def _apply_manual(manual: dict[str, np.ndarray], resume_us: int) -> dict[str, np.ndarray]:
+    """Apply every manual change in order; returns the state before (`from_code`), the reason and the state after each.
 
     Loop over rank r: the changes of rank r (sorted by episode) carry the state
     left by rank r-1 of the same episodes (a prefix-aligned subset, since every
     episode with a change of rank r also had one of rank r-1).
     """
-    m = manual
-    n = m.height
-    col = {c: m[c].to_numpy() for c in ("x", "is_set", "code", "static", "finish", "rch", "has_next")}
-    s_optout = m["s_optout"].fill_null(False).to_numpy()
-    s_status = m["s_status"].fill_null(_NO_STATUS).to_numpy()
-    s_status_at = m["s_status_at"].fill_null(0).to_numpy()
-    s_flags = {f: m[f"s_{f}"].fill_null(False).to_numpy() for f in ("contacted", "completed", "replied", "to_call", "called")}
-    s_replied_by = m["s_replied_by"].fill_null(0).to_numpy()
+    col = manual
+    n = col["x"].size
+    s_optout, s_status, s_status_at = col["s_optout"], col["s_status"], col["s_status_at"]
+    s_flags = {f: col[f"s_{f}"] for f in ("contacted", "completed", "replied", "to_call", "called")}
+    s_replied_by = col["s_replied_by"]
 
     out_from = np.zeros(n, np.uint8)
     out_reason = np.zeros(n, np.uint8)
     out = {k: np.zeros(n, np.int64 if k == "since" else (np.uint8 if k in ("status", "replied_by") else bool)) for k in _STATE}
 
-    seg_rank = m["seg"].to_numpy()
+    seg_rank = col["seg"]
     bounds = np.flatnonzero(np.diff(seg_rank)) + 1 if n else np.array([], np.int64)
     starts = np.concatenate([[0], bounds]).astype(np.int64) if n else np.array([], np.int64)
     ends = np.concatenate([bounds, [n]]).astype(np.int64) if n else np.array([], np.int64)
@@ -563,123 +660,155 @@ def _apply_manual(manual: pl.DataFrame, resume_us: int) -> pl.DataFrame:
         keep = col["has_next"][sl]
         st = {k: v[keep] for k, v in new.items()}
 
-    return manual.with_columns(
-        from_code=pl.Series(out_from),
-        reason_code=pl.Series(out_reason),
-        **{f"post_{k}": pl.Series(v) for k, v in out.items()},
-    )
+    return {"from_code": out_from, "reason_code": out_reason, **{f"post_{k}": v for k, v in out.items()}}
 
 
 def _status_name(expr: pl.Expr) -> pl.Expr:
     return expr.replace_strict(list(range(7)), list(codes.SEQUENCE_STATUSES), return_dtype=codes.SequenceStatus)
 
 
-def _manual_rejects(manual_out: pl.DataFrame) -> pl.DataFrame:
-    r = pl.col("reason_code")
-    v = pl.coalesce(pl.col("value"), pl.col("event_type").cast(pl.String))
-    frm = _status_name(pl.col("from_code")).cast(pl.String)
-    reason = (
-        pl.when(r == TEAM).then(pl.lit(_TEAM_REASON))
-        .when(r == UNKNOWN).then(pl.format("unknown status '{}'", v))
-        .when(r == SYSTEM_ONLY).then(pl.format("{} is set by the system only", v))
-        .when(r == NOT_REMOVABLE).then(pl.format("{} cannot be removed", v))
-        .when(r == ALREADY).then(pl.format("already {}", v))
-        .when(r == NOT_ALLOWED).then(pl.format("not allowed from {}", frm))
-        .when(r == NEEDS_CONTACTED).then(pl.format("{} needs at least one email sent (contacted)", v))
-        .when(r == COMPLETED).then(pl.lit("not allowed from finished: all steps were sent (sequence_completed)"))
-        .when(r == NOT_CURRENT).then(pl.format("current status is {}, not {}", frm, v))
-        .when(r == NOT_SET).then(pl.format("{} is not set", v))
-    )
-    return manual_out.filter(r != OK).select(
-        "_ord",
-        "event_id",
-        model=pl.lit("sequence", REJECTED_MODEL),
-        person_id="person_id",
-        sequence_id="sequence_id",
-        from_status=frm,
-        requested=v,
-        reason=reason,
-    ).cast({"_ord": pl.UInt32, **REJECTED_TRANSITIONS_SCHEMA})
-
-
 # ----------------------------------------------------------------------------
-# 4. state at T of the current memberships
+# 4. state at T of the current memberships, and the refused events
 
 
 def _final_state(
-    episodes: pl.DataFrame,
-    current: pl.DataFrame,
-    member: pl.DataFrame,
-    manual_out: pl.DataFrame,
+    pairs: _Pairs,
+    props: pl.DataFrame,
+    s: _Stream,
+    ep: _Episodes,
+    manual: dict[str, np.ndarray],
+    manual_out: dict[str, np.ndarray],
     as_of_us: int,
     resume_us: int,
 ) -> pl.DataFrame:
-    """Each current membership at T: the state after its last manual change plus its last segment."""
-    s = pl.col
-    epi = s("epi")
-    last_rows = member.lazy().filter((epi != epi.shift(-1)).fill_null(True))
-    # when the episode ends with a manual change, its last segment is empty
-    seg_end = last_rows.select(
-        "epi",
-        *[s(f"e_{f}").alias(f) for f in _EPISODE_FLAGS],
-        **{
-            c: pl.when(s("_manual")).then(pl.lit(empty)).otherwise(s(c))
-            for c, empty in [("s_optout", False), ("s_status", _NO_STATUS), ("s_replied_by", 0)]
-            + [(f"s_{f}", False) for f in _SEGMENT_FLAGS]
-        },
-        s_status_at=s("s_status_at"),
+    """Each current membership at T: the state after its last manual change plus its last segment,
+    in (sequence_id, person_id) order."""
+    epi = ep.current  # in pair order: by person, then sequence (memory access in stream order)
+    start = ep.starts[epi]
+    pair = s.pair[start]
+    seq, person = pairs.seq(pair), pairs.person(pair)
+    finish = props["_finish"].to_numpy()[seq]
+    # the last segment is the block of the episode's last row, empty when that row is a manual change
+    last = ep.ends[epi] - 1
+    ends_manual = _is_any(s.code[last] >> 2, (T_SET, T_UNSET))  # (the episode's own add is never manual)
+    seg = _segment(s, ep, np.where(ends_manual, -1, ep.block[last]), finish)
+
+    last_manual = np.full(ep.starts.size, -1, np.int64)
+    final_change = ~manual["has_next"]
+    last_manual[manual["epi"][final_change]] = np.flatnonzero(final_change)
+    which = last_manual[epi]
+    has_manual = which >= 0
+    which = np.where(has_manual, which, 0)
+
+    def after_manual(name: str, default: int | bool) -> np.ndarray:
+        values = manual_out[f"post_{name}"]
+        return np.where(has_manual, values[which], default) if values.size else np.full(epi.size, default)
+
+    status, since = after_manual("status", ACTIVE), after_manual("since", 0)
+    s_status = seg["s_status"]
+    raw = np.where((status == OPTED_OUT) | seg["s_optout"], OPTED_OUT, np.where(s_status != _NO_STATUS, s_status, status))
+    since = np.where(s_status != _NO_STATUS, seg["s_status_at"], since)
+    eff = raw
+    if resume_us > 0:
+        eff = np.where((raw == OUT_OF_OFFICE) & (as_of_us >= since + resume_us), ACTIVE, raw)
+    bits = ep.episode_bits[epi]
+    s_rb = seg["s_replied_by"]
+    c = pl.col
+    return pl.DataFrame(
+        {
+            "sequence_id": pairs.sequences.gather(seq),
+            "person_id": pairs.persons.gather(person),
+            "_eff": eff.astype(np.uint8),
+            **{f: (bits & _BIT[ty]) != 0 for f, ty in _EPISODE_FLAGS.items()},
+            "replied": after_manual("replied", False) | seg["s_replied"],
+            "_rb": np.where(s_rb != 0, s_rb, after_manual("replied_by", 0)),
+            "to_call": after_manual("to_call", False) | seg["s_to_call"],
+            "called": after_manual("called", False) | seg["s_called"],
+            "added_at": pl.Series(s.t(start), dtype=pl.Int64).cast(TIMESTAMP),
+        }
+    ).select(
+        "sequence_id",
+        "person_id",
+        _status_name(c("_eff")).alias("status"),
+        "contacted",
+        "opened",
+        "clicked",
+        "replied",
+        replied_by=pl.when(c("_rb") == 1).then(pl.lit("email")).when(c("_rb") == 2).then(pl.lit("sms")).cast(codes.Channel),
+        auto_replied="auto_replied",
+        to_call="to_call",
+        called="called",
+        can_receive_emails=c("_eff") == ACTIVE,
+        replies_tracked=c("_eff").is_in([ACTIVE, OUT_OF_OFFICE]) & c("contacted") & ~c("replied"),
+        added_at="added_at",
+        completed="completed",
+    )[np.argsort(seq.astype(np.uint16) if pairs.sequences.len() <= 1 << 16 else seq, kind="stable")]
+    # (then stable by sequence: a radix sort when the ranks fit in 16 bits)
+
+
+_OUTSIDE = 255  # reason code of an add or manual change outside any membership
+_REASONS = {  # reason code: (text, "v"/"frm"/"", text, "v"/"", text)
+    TEAM: (_TEAM_REASON, "", "", "", ""),
+    UNKNOWN: ("unknown status '", "v", "'", "", ""),
+    SYSTEM_ONLY: ("", "v", " is set by the system only", "", ""),
+    NOT_REMOVABLE: ("", "v", " cannot be removed", "", ""),
+    ALREADY: ("already ", "v", "", "", ""),
+    NOT_ALLOWED: ("not allowed from ", "frm", "", "", ""),
+    NEEDS_CONTACTED: ("", "v", " needs at least one email sent (contacted)", "", ""),
+    COMPLETED: ("not allowed from finished: all steps were sent (sequence_completed)", "", "", "", ""),
+    NOT_CURRENT: ("current status is ", "frm", ", not ", "v", ""),
+    NOT_SET: ("", "v", " is not set", "", ""),
+    _OUTSIDE: ("", "", "", "", ""),
+}
+
+
+def _rejected(
+    timeline: _Timeline,
+    s: _Stream,
+    ep: _Episodes,
+    manual: dict[str, np.ndarray],
+    manual_out: dict[str, np.ndarray],
+) -> pl.DataFrame:
+    """Refused adds and manual changes, in the order they happened (occurred_at, event_id)."""
+    outside = s.row[ep.outside]
+    refused = manual_out["reason_code"] != OK
+    rows = np.concatenate([outside, manual["row"][refused]])
+    from_code = np.concatenate([np.zeros(outside.size, np.uint8), manual_out["from_code"][refused]])
+    reason_code = np.concatenate([np.full(outside.size, _OUTSIDE, np.uint8), manual_out["reason_code"][refused]])
+    by_row = np.argsort(rows)
+    rows, from_code, reason_code = rows[by_row], from_code[by_row], reason_code[by_row]
+    wide = _take(timeline.frame, rows, ["event_id", "person_id", "sequence_id", "event_type", "value"])
+    _, order = _sort_by_time(np.zeros(rows.size, np.int64), timeline.t[rows], np.arange(rows.size), wide["event_id"])
+
+    r = pl.col("_reason")
+    ty_name = pl.col("event_type").cast(pl.String)
+    v = pl.coalesce(pl.col("value"), ty_name)
+    frm = _status_name(pl.col("_from")).cast(pl.String)
+    # reason = text, value or from-status, text, value, text: the parts by reason code
+    # (one concatenation instead of a format per reason, each over every row)
+    part = [r.replace_strict(list(_REASONS), [p[i] for p in _REASONS.values()], return_dtype=pl.String)
+            for i in range(5)]
+    reason = pl.concat_str(
+        part[0],
+        pl.when(part[1] == "v").then(v).when(part[1] == "frm").then(frm).otherwise(pl.lit("")),
+        part[2],
+        pl.when(part[3] == "v").then(v).otherwise(pl.lit("")),
+        part[4],
     )
-    last_manual = manual_out.lazy().filter(~s("has_next")).select(
-        "epi", *[s(f"post_{k}").alias(f"_m_{k}") for k in _STATE]
+    not_member = pl.when(ty_name == "sequence_added").then(pl.lit("person is opted out")).otherwise(
+        pl.lit("not in the sequence")
     )
-    df = (
-        episodes.lazy()
-        .join(current.lazy(), on="epi", how="semi")
-        .join(seg_end, on="epi", how="left")
-        .join(last_manual, on="epi", how="left")
-        .with_columns(
-            _st=s("_m_status").fill_null(ACTIVE),
-            _since=s("_m_since").fill_null(0),
-            _sstat=s("s_status").fill_null(_NO_STATUS),
-        )
-        .with_columns(
-            _raw=pl.when((s("_st") == OPTED_OUT) | s("s_optout").fill_null(False))
-            .then(pl.lit(OPTED_OUT, pl.UInt8))
-            .when(s("_sstat") != _NO_STATUS)
-            .then(s("_sstat"))
-            .otherwise(s("_st")),
-            _since=pl.when(s("_sstat") != _NO_STATUS).then(s("s_status_at")).otherwise(s("_since")),
-        )
-        .with_columns(
-            _eff=pl.when(
-                pl.lit(resume_us > 0) & (s("_raw") == OUT_OF_OFFICE) & (pl.lit(as_of_us) >= s("_since") + resume_us)
-            )
-            .then(pl.lit(ACTIVE, pl.UInt8))
-            .otherwise(s("_raw")),
-            replied=s("_m_replied").fill_null(False) | s("s_replied").fill_null(False),
-            _rb=pl.when(s("s_replied_by").fill_null(0) != 0).then(s("s_replied_by")).otherwise(s("_m_replied_by").fill_null(0)),
-            to_call=s("_m_to_call").fill_null(False) | s("s_to_call").fill_null(False),
-            called=s("_m_called").fill_null(False) | s("s_called").fill_null(False),
-        )
-        .with_columns(
-            status=_status_name(s("_eff")),
-            replied_by=pl.when(s("_rb") == 1).then(pl.lit("email")).when(s("_rb") == 2).then(pl.lit("sms")).cast(codes.Channel),
-        )
+    reason = pl.when(r == _OUTSIDE).then(not_member).otherwise(reason)
+    return (
+        wide.with_columns(_from=pl.Series(from_code), _reason=pl.Series(reason_code))[order]
         .select(
-            "sequence_id",
-            "person_id",
-            "status",
-            *[s(c).fill_null(False) for c in ("contacted", "opened", "clicked")],
-            "replied",
-            "replied_by",
-            s("auto_replied").fill_null(False),
-            "to_call",
-            "called",
-            can_receive_emails=s("status") == "active",
-            replies_tracked=s("status").is_in(["active", "out_of_office"]) & s("contacted").fill_null(False) & ~s("replied"),
-            added_at=s("added_at"),
-            completed=s("completed").fill_null(False),
+            "event_id",
+            model=pl.lit("sequence", REJECTED_MODEL),
+            person_id="person_id",
+            sequence_id="sequence_id",
+            from_status=pl.when(r != _OUTSIDE).then(frm),
+            requested=pl.when(ty_name == "sequence_added").then(pl.lit("sequence_added")).otherwise(v),
+            reason=reason,
         )
-        .sort("sequence_id", "person_id")
+        .cast(REJECTED_TRANSITIONS_SCHEMA)
     )
-    return df.collect()
