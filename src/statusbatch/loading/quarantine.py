@@ -298,26 +298,22 @@ def _accepted_parts(
     outputs: list[tuple[str, pl.Expr, list[str]]],
     split: Mapping[str, Part],
 ) -> dict[str, pl.DataFrame]:
-    """The accepted rows, cut into the parts of `split`, a few output columns at a time.
+    """The accepted rows, cut into the parts of `split`, one output column at a time.
 
-    Each group of columns (one per thread, so the filter still runs in
-    parallel) is filtered straight into every part that keeps it, and its
-    source columns are dropped at once: the file as read and its accepted copy
-    are never both whole in memory. `handed_over` holds the only reference to
-    the parsed frame, taken out here.
+    Each column is filtered straight into every part that keeps it and its
+    source columns are dropped at once, so the file as read and its accepted
+    copy are never both whole in memory. `handed_over` holds the only
+    reference to the parsed frame, taken out here.
     """
     frame = handed_over.pop()
     masks = {name: keep & frame.select(part.rows.fill_null(False)).to_series() for name, part in split.items()}
     columns: dict[str, list[pl.Series]] = {name: [] for name in split}
-    width = max(1, pl.thread_pool_size())
-    for start in range(0, len(outputs), width):
-        group = outputs[start : start + width]
-        values = frame.select(pl.col(ROW), *[expr.alias(name) for name, expr, _ in group]).drop(ROW)
-        frame = frame.drop([source for *_, sources in group for source in sources], strict=False)
+    for name, expr, sources in outputs:
+        values = frame.select(pl.col(ROW), expr.alias(name)).get_column(name)
+        frame = frame.drop(sources, strict=False)
         for part, mask in masks.items():
-            wanted = [name for name, *_ in group if not split[part].columns or name in split[part].columns]
-            if wanted:
-                columns[part].extend(values.select(wanted).filter(mask).get_columns())
+            if not split[part].columns or name in split[part].columns:
+                columns[part].append(values.filter(mask))
         del values
     return {part: pl.DataFrame(kept) for part, kept in columns.items()}
 
