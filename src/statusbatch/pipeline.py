@@ -83,8 +83,9 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
     studies = inputs.studies.lazy()
     members = facts.participants_as_of(inputs.participants.lazy(), people, t)
     # left lazy: each reader filters as it scans, so no as-of copy of the logs is held through the run
-    logs = {name: facts.events_as_of(log.lazy(), inputs.people.lazy(), t) for name, log in inputs.event_logs.items()}
-    research_events, sequence_events, messaging_events = logs["research"], logs["sequence"], logs["messaging"]
+    research_events, messaging_events = (
+        facts.events_as_of(inputs.event_logs[name].lazy(), inputs.people.lazy(), t) for name in ("research", "messaging")
+    )
 
     observations = _once(participants.participant_observations(members, research_events, t))
     participant_status = _once(participants.participant_status(members, observations))
@@ -102,12 +103,17 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
         contact.do_not_contact(people, research_events, rules),
         cooldowns,
     ))
+    # the machine reads the whole log (it applies T itself, so no filtered copy of 11M events);
+    # the pairs of people not yet created are dropped from its results
     sequence = sequences.sequence_machine(
-        sequence_events,
+        inputs.event_logs["sequence"].lazy(),
         inputs.sequences.lazy(),
         opt_outs,
         as_of=t,
         ooo_resume_days=config.sequences.ooo_resume_days,
+    )
+    sequence_status, sequence_rejected = (
+        facts.of_people_as_of(frame, inputs.people.lazy(), t) for frame in (sequence.status, sequence.rejected)
     )
     messaging = channel.channel_machine(people, messaging_events, as_of=t)
     channel_status = _once(messaging.status)
@@ -117,7 +123,7 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
         "participant_status": participant_status,
         "study_progress": participants.study_progress(studies, participant_status, observations, t),
         "cooldowns": cooldowns,
-        "sequence_status": sequence.status,
+        "sequence_status": sequence_status,
         "channel_status": channel_status,
         "archival_candidates": channel.archival_candidates(
             channel_status,
@@ -127,7 +133,7 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
             dormant_after_days=config.dormancy.dormant_after_days,
             delete_after_archived_days=config.dormancy.delete_after_archived_days,
         ),
-        "rejected_transitions": pl.concat([sequence.rejected, messaging.rejected]),
+        "rejected_transitions": pl.concat([sequence_rejected, messaging.rejected]),
         "contact_status_history": history.contact_status_history(people, timelines, t),
         "governance_violations": governance.governance_violations(
             research_events, observations, timelines, config.cooldown, t
