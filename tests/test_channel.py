@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -13,13 +14,9 @@ from hypothesis import strategies as st
 from reference_machines import MESSAGING, frame, read_contract_csv, reference_channel
 from statusbatch import codes
 from statusbatch.loading.contract import TIMESTAMP
+from statusbatch.models.ordering import is_sorted_by, ordered_runs, small_codes, sort_by_time, sort_lex
 from statusbatch.models.channel import (
     REJECTED_TRANSITIONS_SCHEMA,
-    _is_sorted_by,
-    _ordered_runs,
-    _small_codes,
-    _sort_by_time,
-    _sort_lex,
     archival_candidates,
     channel_machine,
     channel_rejected_transitions,
@@ -29,7 +26,7 @@ from statusbatch.models.channel import (
 UTC = timezone.utc
 T = datetime(2026, 3, 31, 23, 59, 59, 999999, tzinfo=UTC)
 D0 = datetime(2026, 3, 1, tzinfo=UTC)
-EXAMPLES = "/work/shared/examples/messaging/"
+EXAMPLES = str(Path(__file__).parent / "examples" / "messaging") + "/"  # the copy kept with the tests
 
 
 def person(pid: str, last_seen_on: date | None = date(2026, 3, 15), created_at: datetime = datetime(2025, 12, 1, tzinfo=UTC)):
@@ -295,7 +292,7 @@ def test_candidate_schema():
 
 def test_ordered_runs_falls_back_on_hash_collision():
     df = pl.LazyFrame({"k": ["b", "a", "b", "a"], "t": [2, 3, 1, 1]})
-    runs = _ordered_runs(df, ["k"], ["t"], hasher=lambda keys: pl.lit(7, pl.UInt64))
+    runs = ordered_runs(df, ["k"], ["t"], hasher=lambda keys: pl.lit(7, pl.UInt64))
     assert runs.select("k", "t", "_first", "_run").rows() == [
         ("a", 1, True, 1), ("a", 3, False, 1), ("b", 1, True, 2), ("b", 2, False, 2)]
 
@@ -335,7 +332,7 @@ def test_sort_by_time_equals_a_full_sort(rows):
     event_id = pl.Series([f"{i % 3}" if i % 4 else None for i in range(6)], dtype=pl.String)
     # the event id of a row is that row's: rebuild `e` from it
     df = df.with_columns(e=event_id.gather(df["r"]))
-    group, row = _sort_by_time(df["g"].to_numpy(), df["t"].to_numpy(), df["r"].to_numpy(), event_id)
+    group, row = sort_by_time(df["g"].to_numpy(), df["t"].to_numpy(), df["r"].to_numpy(), event_id)
     expected = df.sort(["g", "t", "e", "r"], nulls_last=False)
     assert group.tolist() == expected["g"].to_list() and row.tolist() == expected["r"].to_list()
     assert group.dtype == row.dtype == np.int64
@@ -344,8 +341,8 @@ def test_sort_by_time_equals_a_full_sort(rows):
 def test_small_codes_from_enum_and_string():
     mapping = {"b": 1, "c": 2}
     values = ["a", "b", None, "c", "b"]
-    got_enum = _small_codes(pl.Series(values, dtype=pl.Enum(["a", "b", "c"])), mapping)
-    got_str = _small_codes(pl.Series(values, dtype=pl.String), mapping)
+    got_enum = small_codes(pl.Series(values, dtype=pl.Enum(["a", "b", "c"])), mapping)
+    got_str = small_codes(pl.Series(values, dtype=pl.String), mapping)
     assert got_enum.tolist() == got_str.tolist() == [0, 1, 0, 2, 1]
 
 
@@ -385,7 +382,7 @@ def test_matches_reference_machine(case):
                 max_size=40))
 def test_sort_lex_equals_a_full_sort(rows):
     df = pl.DataFrame(rows, schema={"t": pl.Int64, "e": pl.String}, orient="row").with_row_index("i")
-    assert _sort_lex(df, ["t", "e"]).equals(df.sort(["t", "e"], maintain_order=True))
+    assert sort_lex(df, ["t", "e"]).equals(df.sort(["t", "e"], maintain_order=True))
 
 
 @settings(max_examples=150, deadline=None)
@@ -394,7 +391,7 @@ def test_sort_lex_equals_a_full_sort(rows):
 def test_is_sorted_by_matches_a_sort(rows):
     df = pl.DataFrame(rows, schema={"t": pl.Int64, "e": pl.String}, orient="row")
     in_order = df.equals(df.sort(["t", "e"], maintain_order=True))
-    if _is_sorted_by(df, ["t", "e"]):
+    if is_sorted_by(df, ["t", "e"]):
         assert in_order  # never a false "sorted" (that would skip a needed sort)
     elif df.null_count().sum_horizontal().item() == 0:
         assert not in_order  # exact without nulls (with nulls it may conservatively say no)

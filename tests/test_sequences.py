@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -26,7 +27,7 @@ from statusbatch.models.sequences import sequence_machine, sequence_rejected_tra
 UTC = timezone.utc
 T = datetime(2026, 3, 31, 23, 59, 59, 999999, tzinfo=UTC)
 D0 = datetime(2026, 3, 1, tzinfo=UTC)
-EXAMPLES = "/work/shared/examples/sequences/"
+EXAMPLES = str(Path(__file__).parent / "examples" / "sequences") + "/"  # the copy kept with the tests
 SEQ = dict(sequence_id="S", owner_id="owner", team_edition=False, reply_handling="finish")
 TEAM = "only the sequence owner can change statuses (Team Edition)"
 

@@ -33,14 +33,8 @@ import polars as pl
 
 from statusbatch import codes
 from statusbatch.loading.contract import TIMESTAMP
-from statusbatch.models.channel import (
-    REJECTED_MODEL,
-    REJECTED_TRANSITIONS_SCHEMA,
-    _ffill_in,
-    _ordered_runs,
-    _small_codes,
-    _sort_by_time,
-)
+from statusbatch.models.channel import REJECTED_MODEL, REJECTED_TRANSITIONS_SCHEMA
+from statusbatch.models.ordering import ffill_in, ordered_runs, small_codes, sort_by_time
 
 __all__ = [
     "SequenceMachine",
@@ -199,7 +193,7 @@ def _timeline(events: pl.LazyFrame, as_of_us: int) -> _Timeline:
         .collect(engine="in-memory")
         .rechunk()
     )
-    ty = _small_codes(frame["event_type"], _TYPE_CODES)
+    ty = small_codes(frame["event_type"], _TYPE_CODES)
     at = frame["occurred_at"].dt.epoch("us")
     keep = frame["sequence_id"].is_not_null().to_numpy() & (ty != 0) | (ty == T_OPT_OUT)
     if at.null_count():
@@ -209,7 +203,7 @@ def _timeline(events: pl.LazyFrame, as_of_us: int) -> _Timeline:
     keep &= t <= as_of_us
     code = np.where(keep, ty << 2, 0).astype(np.uint8)
     replied = np.flatnonzero((code == T_REPLIED << 2) | (code == T_SET << 2))
-    code[replied] |= _small_codes(frame["channel"].gather(replied), _REPLY_CHANNELS)
+    code[replied] |= small_codes(frame["channel"].gather(replied), _REPLY_CHANNELS)
     return _Timeline(frame, t, code)
 
 
@@ -310,8 +304,8 @@ def _opted_out_at_adds(adds: pl.LazyFrame, changes: pl.LazyFrame) -> pl.DataFram
         ],
         how="vertical",
     ).with_columns(_is_add=pl.col("_ord").is_not_null())
-    runs = _ordered_runs(both, ["person_id"], ["occurred_at", "event_id", "_is_add"])
-    return runs.with_columns(_opted=_ffill_in(pl.col("opted_out"), pl.col("_first"), pl.lit(False))).filter(
+    runs = ordered_runs(both, ["person_id"], ["occurred_at", "event_id", "_is_add"])
+    return runs.with_columns(_opted=ffill_in(pl.col("opted_out"), pl.col("_first"), pl.lit(False))).filter(
         pl.col("_is_add")
     ).select("_ord", "_opted")
 
@@ -362,7 +356,7 @@ def _stream(timeline: _Timeline, pairs: _Pairs) -> _Stream:
     row = np.repeat(np.arange(copies.size), copies)
     pair = pairs.of_row[row]
     pair[(ty[row] == T_OPT_OUT)] = replicated["_pair"].to_numpy()
-    pair, row = _sort_by_time(pair, timeline.t[row], row, timeline.frame["event_id"])
+    pair, row = sort_by_time(pair, timeline.t[row], row, timeline.frame["event_id"])
     return _Stream(pair, row, timeline.code[row], timeline.t)
 
 
@@ -783,7 +777,7 @@ def _rejected(
     by_row = np.argsort(rows)
     rows, from_code, reason_code = rows[by_row], from_code[by_row], reason_code[by_row]
     wide = _take(timeline.frame, rows, ["event_id", "person_id", "sequence_id", "event_type", "value"])
-    _, order = _sort_by_time(np.zeros(rows.size, np.int64), timeline.t[rows], np.arange(rows.size), wide["event_id"])
+    _, order = sort_by_time(np.zeros(rows.size, np.int64), timeline.t[rows], np.arange(rows.size), wide["event_id"])
 
     r = pl.col("_reason")
     ty_name = pl.col("event_type").cast(pl.String)
