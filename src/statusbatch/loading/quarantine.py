@@ -309,6 +309,7 @@ def _accepted_parts(
     masks = {name: keep & frame.select(part.rows.fill_null(False)).to_series() for name, part in split.items()}
     columns: dict[str, list[pl.Series]] = {name: [] for name in split}
     for name, expr, sources in outputs:
+        # selected beside ROW so that a literal (an all-null property column) spans every row
         values = frame.select(pl.col(ROW), expr.alias(name)).get_column(name)
         frame = frame.drop(sources, strict=False)
         for part, mask in masks.items():
