@@ -91,14 +91,14 @@ def test_backfill_resumes_and_force_recomputes(tmp_path):
 
 def test_a_failing_day_stops_the_backfill_and_keeps_the_days_before(tmp_path, monkeypatch):
     ws = workspace(tmp_path / "ws")
-    real = statusbatch.pipeline.compute_tables
+    real = statusbatch.pipeline.range_tables
 
     def breaks_on_the_13th(inputs, config, as_of, rules):
         if as_of.day == date(2026, 3, 13):
             raise RuntimeError("disk on fire")
         return real(inputs, config, as_of, rules)
 
-    monkeypatch.setattr(statusbatch.pipeline, "compute_tables", breaks_on_the_13th)
+    monkeypatch.setattr(statusbatch.pipeline, "range_tables", breaks_on_the_13th)
     result = backfill(ws, "2026-03-10", "2026-03-16")
     assert result.exit_code == 1
     assert "stopped at 2026-03-13" in result.output and "disk on fire" in result.output
@@ -106,7 +106,7 @@ def test_a_failing_day_stops_the_backfill_and_keeps_the_days_before(tmp_path, mo
     assert published(ws) == [date(2026, 3, 10), date(2026, 3, 11), date(2026, 3, 12)]
     assert ws.query("select outcome from runs where as_of = '2026-03-13'") == [("failed",)]
 
-    monkeypatch.setattr(statusbatch.pipeline, "compute_tables", real)
+    monkeypatch.setattr(statusbatch.pipeline, "range_tables", real)
     assert backfill(ws, "2026-03-10", "2026-03-16").exit_code == 0
     assert published(ws)[-1] == date(2026, 3, 16) and len(published(ws)) == 7
 

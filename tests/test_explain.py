@@ -9,50 +9,21 @@ import polars as pl
 import pytest
 from conftest import Workspace, cli, event, participant, person, study
 
-from statusbatch import pipeline
-from statusbatch.models import facts, governance, history, participants
-
-ORIGINAL_COMPUTE = pipeline.compute_tables
-
-
-def compute_with_history(inputs, config, as_of, rules):
-    """compute_tables plus the history and governance tables, wired as proposed for pipeline.py
-    (a no-op once pipeline.py computes them itself)."""
-    tables = ORIGINAL_COMPUTE(inputs, config, as_of, rules)
-    t = as_of.instant
-    people = facts.people_as_of(inputs.people.lazy(), t)
-    members = facts.participants_as_of(inputs.participants.lazy(), people, t)
-    events = facts.events_as_of(inputs.events.lazy(), people, t)
-    observations = participants.participant_observations(members, events, t)
-    timelines = history.component_timelines(
-        people, events, observations, inputs.studies.lazy(), config.cooldown, config.blocklist.no_show_threshold
-    )
-    tables.setdefault("contact_status_history", history.contact_status_history(people, timelines, t))
-    tables.setdefault(
-        "governance_violations", governance.governance_violations(events, observations, timelines, config.cooldown, t)
-    )
-    return tables
-
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setattr(pipeline, "compute_tables", compute_with_history)
-    try:
-        ws = Workspace(tmp_path_factory.mktemp("explain") / "ws").write(
-            people=[person("p1"), person("p2"), person("p3")],
-            studies=[study("S1"), study("S2", closed_at="2026-02-15T00:00:00Z")],
-            participants=[participant("S1", "p2", "interview_scheduled", "2026-03-20T00:00:00Z")],
-            events=[
-                event("e1", "p1", "2026-03-01T09:00:00Z", "invited", study_id="S1"),
-                event("e2", "p1", "2026-03-10T09:00:00Z", "invited", study_id="S2"),
-                event("e3", "p3", "2026-02-01T08:00:00Z", "opted_out", reason="asked by phone"),
-            ],
-        )
-        ws.run(as_of="2026-03-20")
-        ws.run(as_of="2026-03-31")
-    finally:
-        patch.undo()
+    ws = Workspace(tmp_path_factory.mktemp("explain") / "ws").write(
+        people=[person("p1"), person("p2"), person("p3")],
+        studies=[study("S1"), study("S2", closed_at="2026-02-15T00:00:00Z")],
+        participants=[participant("S1", "p2", "interview_scheduled", "2026-03-20T00:00:00Z")],
+        events=[
+            event("e1", "p1", "2026-03-01T09:00:00Z", "invited", study_id="S1"),
+            event("e2", "p1", "2026-03-10T09:00:00Z", "invited", study_id="S2"),
+            event("e3", "p3", "2026-02-01T08:00:00Z", "opted_out", reason="asked by phone"),
+        ],
+    )
+    ws.run(as_of="2026-03-20")
+    ws.run(as_of="2026-03-31")
     return ws.db
 
 

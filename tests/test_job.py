@@ -26,6 +26,7 @@ FULL = """
 input = "data/in"
 db = "/abs/out.duckdb"
 parquet = "../pq"
+events_per_range = 250000
 
 [cooldown]
 after_invite_days = 14
@@ -96,6 +97,7 @@ def test_an_empty_file_gives_every_default(jobs: Path) -> None:
     assert config.job.input == (root / "sample_data").resolve()
     assert config.job.db == (root / "out" / "statusbatch.duckdb").resolve()
     assert config.job.parquet is None
+    assert config.job.events_per_range == 5_000_000
     assert config.cooldown == CooldownSection(after_invite_days=30, after_completion_days=90, limits=())
     assert config.blocklist == BlocklistSection(no_show_threshold=2)
     assert config.do_not_contact == ()
@@ -114,6 +116,7 @@ def test_every_key_is_read(jobs: Path) -> None:
     assert config.job.input == (jobs / "data" / "in").resolve()
     assert config.job.db == Path("/abs/out.duckdb")
     assert config.job.parquet == (jobs.parent / "pq").resolve()
+    assert config.job.events_per_range == 250000
     assert config.cooldown == CooldownSection(
         after_invite_days=14,
         after_completion_days=0,
@@ -350,3 +353,15 @@ def write_default(tmp_path: Path) -> Path:
     path = tmp_path / "default.toml"
     path.write_text("")
     return path
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", '"many"'])
+def test_events_per_range_is_a_whole_number(jobs: Path, value: str) -> None:
+    assert f"[job] events_per_range: expected a whole number >= 0, got {value}" in problem(
+        jobs, f"[job]\nevents_per_range = {value}\n"
+    )
+
+
+def test_events_per_range_does_not_change_the_digest(jobs: Path) -> None:
+    """It bounds memory and never changes a result, so it is no part of what the run computes."""
+    assert load_job(write(jobs, "[job]\nevents_per_range = 1\n")).digest() == load_job(write(jobs, "", "empty.toml")).digest()

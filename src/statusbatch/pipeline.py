@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -11,11 +14,11 @@ import polars as pl
 from statusbatch import __version__
 from statusbatch.config import JobConfig
 from statusbatch.config.conditions import compile_condition, condition_schema
-from statusbatch.loading import Inputs, load_inputs
+from statusbatch.loading import InputError, ModelInputs, Workspace, open_workspace
 from statusbatch.models import channel, contact, facts, governance, history, participants, sequences
 from statusbatch.progress import Reporter
 from statusbatch.publish.parquet import export_parquet
-from statusbatch.publish.store import RunRecord, open_database, previous_statuses, publish, record_run
+from statusbatch.publish.store import Publication, RunRecord, open_database, previous_statuses, record_run
 from statusbatch.validation import validate_tables
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "parse_as_of",
     "prepare",
     "published_form",
+    "range_tables",
     "run_job",
     "run_prepared",
 ]
@@ -76,8 +80,10 @@ def _once(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.collect().lazy()
 
 
-def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[str, pl.Expr]) -> dict[str, pl.LazyFrame]:
-    """Every result table as a lazy query over the accepted inputs, as of T."""
+def range_tables(
+    inputs: ModelInputs, config: JobConfig, as_of: AsOf, rules: dict[str, pl.Expr]
+) -> dict[str, pl.LazyFrame]:
+    """Every per-person result table of one range of people, as lazy queries, and the range's `study_tallies`."""
     t = as_of.instant
     people = _once(facts.people_as_of(inputs.people.lazy(), t))
     studies = inputs.studies.lazy()
@@ -121,7 +127,7 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
     return {
         "contact_status": contact_status,
         "participant_status": participant_status,
-        "study_progress": participants.study_progress(studies, participant_status, observations, t),
+        "study_tallies": participants.study_tallies(participant_status, observations),
         "cooldowns": cooldowns,
         "sequence_status": sequence_status,
         "channel_status": channel_status,
@@ -139,6 +145,13 @@ def compute_tables(inputs: Inputs, config: JobConfig, as_of: AsOf, rules: dict[s
             research_events, observations, timelines, config.cooldown, t
         ),
     }
+
+
+def compute_tables(inputs: ModelInputs, config: JobConfig, as_of: AsOf, rules: dict[str, pl.Expr]) -> dict[str, pl.LazyFrame]:
+    """Every result table as a lazy query over the accepted inputs of everyone, as of T."""
+    tables = range_tables(inputs, config, as_of, rules)
+    tallies = tables.pop("study_tallies")
+    return tables | {"study_progress": participants.study_progress(inputs.studies.lazy(), tallies, as_of.instant)}
 
 
 def published_form(frame: pl.DataFrame, as_of: date | None) -> pl.DataFrame:
@@ -176,26 +189,23 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class Prepared:
-    """Inputs read and rules compiled once, for one run or every day of a backfill."""
+    """Inputs read (the events planned by range of people) and rules compiled once, for one run or
+    every day of a backfill."""
 
-    inputs: Inputs
+    workspace: Workspace
     rules: dict[str, pl.Expr]
 
 
 def prepare(config: JobConfig, reporter: Reporter) -> Prepared:
     """Read the inputs and compile the rules. InputError/ConfigError escape before any write."""
     with reporter.stage("load"):
-        inputs = load_inputs(config.job.input)
-        rules = dnc_rules(config, inputs.people)
-    counts = inputs.run_inputs.select("source_table", "rows_read", "rows_rejected")
+        workspace = open_workspace(config.job.input, config.job.events_per_range)
+        rules = dnc_rules(config, workspace.people)
+    ranges = len(workspace.ranges)
     reporter.log(
-        "read "
-        + ", ".join(
-            f"{name} {read} ({rejected} rejected)"
-            for name, read, rejected in counts.iter_rows()  # noqa: rows-ok (one row per input table)
-        )
+        f"events: {workspace.events.rows} rows, computed in {ranges} range{'s' if ranges > 1 else ''} of people"
     )
-    return Prepared(inputs, rules)
+    return Prepared(workspace, rules)
 
 
 def run_job(
@@ -203,6 +213,28 @@ def run_job(
 ) -> RunSummary:
     """Load, compute, validate and publish one as_of."""
     return run_prepared(config, prepare(config, reporter), as_of, reporter, lock_timeout=lock_timeout, command=command)
+
+
+class _Failed(Exception):
+    """A step of the run failed; `message` is what `runs.error` and the command line say."""
+
+    def __init__(self, message: str, recorded: str) -> None:
+        super().__init__(message)
+        self.recorded = recorded
+
+
+@contextlib.contextmanager
+def _step(label: str | None) -> Iterator[None]:
+    """Name a step's failure: an internal error says where it happened; a check failure says itself."""
+    try:
+        yield
+    except (InputError, _Failed):
+        raise
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}"
+        if label is None:
+            raise _Failed(str(exc), str(exc)) from exc
+        raise _Failed(f"{label}: {detail}", detail) from exc
 
 
 def run_prepared(
@@ -214,8 +246,12 @@ def run_prepared(
     lock_timeout: float = 60.0,
     command: str = "run",
 ) -> RunSummary:
-    """Compute, validate and publish one as_of; a failure is recorded in `runs` and raised as RunFailed."""
-    inputs = prepared.inputs
+    """Compute, validate and publish one as_of, a range of people at a time, in one transaction.
+
+    A failure rolls everything back, is recorded in `runs` and raised as
+    RunFailed (an events file unreadable midway: InputError, exit 2).
+    """
+    workspace = prepared.workspace
     run_id = str(uuid.uuid4())
     started_at = datetime.now(UTC).replace(tzinfo=None)
 
@@ -233,41 +269,66 @@ def run_prepared(
             str(config.job.input),
         )
 
-    try:
-        with reporter.stage("compute"):
-            lazy = compute_tables(inputs, config, as_of, prepared.rules)
-            computed = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
-        tables = {name: published_form(frame, as_of.day) for name, frame in computed.items()}
-        tables["rejected_rows"] = published_form(inputs.rejected_rows, as_of.day)
-        tables["run_inputs"] = inputs.run_inputs.select(pl.lit(run_id).alias("run_id"), pl.all())
-    except Exception as exc:  # an internal error still gets its failed run recorded
-        _record_failure(config, record("failed", f"{type(exc).__name__}: {exc}"), lock_timeout)
-        raise RunFailed(f"internal error while computing: {type(exc).__name__}: {exc}") from exc
-
+    rows: Counter[str] = Counter()
     with open_database(config.job.db, lock_timeout) as con:
+        publication = Publication(con, as_of.day, keep_as_of=config.retention.keep_as_of)
         try:
-            previous = previous_statuses(con, as_of.day)
-            tables["status_changes"] = status_changes(tables["contact_status"], previous, as_of.day)
-            with reporter.stage("validate"):
-                validate_tables(tables)
-        except Exception as exc:
-            record_run(con, record("failed", str(exc)))
-            raise RunFailed(str(exc)) from exc
-        try:
-            with reporter.stage("publish"):
-                publish(con, tables, record("success", None), keep_as_of=config.retention.keep_as_of)
-        except Exception as exc:  # rolled back: the previous outputs stand
-            record_run(con, record("failed", f"{type(exc).__name__}: {exc}"))
-            raise RunFailed(f"publishing failed, nothing was written: {type(exc).__name__}: {exc}") from exc
+            with _step(None):
+                previous = previous_statuses(con, as_of.day)
+            tallies, event_rejects, events_read = [], [workspace.rejected_rows], 0
+            for people in workspace.ranges:
+                with reporter.stage("load"):
+                    inputs, events = workspace.share(people)
+                event_rejects.append(events.rejected)
+                events_read += events.rows_read
+                with reporter.stage("compute"), _step("internal error while computing"):
+                    lazy = range_tables(inputs, config, as_of, prepared.rules)
+                    computed = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
+                    tallies.append(computed.pop("study_tallies"))
+                    tables = {name: published_form(frame, as_of.day) for name, frame in computed.items()}
+                    tables["status_changes"] = status_changes(tables["contact_status"], previous, as_of.day)
+                del inputs, events, lazy, computed
+                _validated_and_written(publication, tables, rows, reporter)
+                del tables
+            with reporter.stage("compute"), _step("internal error while computing"):
+                rejected_rows = pl.concat(event_rejects, how="vertical")
+                progress = participants.study_progress(
+                    workspace.studies.lazy(), participants.summed_tallies([t.lazy() for t in tallies]), as_of.instant
+                )
+                tables = {
+                    "study_progress": published_form(progress.collect(), as_of.day),
+                    "rejected_rows": published_form(rejected_rows, as_of.day),
+                    "run_inputs": workspace.run_inputs(events_read, rejected_rows.height - workspace.rejected_rows.height)
+                    .select(pl.lit(run_id).alias("run_id"), pl.all()),
+                }
+            _validated_and_written(publication, tables, rows, reporter)
+            with reporter.stage("publish"), _step("publishing failed, nothing was written"):
+                publication.commit(record("success", None))
+        except BaseException as exc:
+            publication.rollback()
+            if isinstance(exc, (InputError, _Failed)):
+                record_run(con, record("failed", exc.recorded if isinstance(exc, _Failed) else str(exc)))
+            if isinstance(exc, _Failed):
+                raise RunFailed(str(exc)) from exc
+            raise
         if config.job.parquet is not None:
             with reporter.stage("parquet"):
-                export_parquet(con, sorted({*tables, "runs"}), config.job.parquet)
-    return RunSummary(run_id, as_of, {n: f.height for n, f in tables.items()}, inputs.run_inputs)
+                export_parquet(con, sorted({*rows, "runs"}), config.job.parquet)
+    reporter.log(
+        "read "
+        + ", ".join(
+            f"{name} {read} ({rejected} rejected)"
+            for name, read, rejected in tables["run_inputs"].select("source_table", "rows_read", "rows_rejected").iter_rows()  # noqa: rows-ok (one row per input table)
+        )
+    )
+    return RunSummary(run_id, as_of, dict(rows), tables["run_inputs"].drop("run_id"))
 
 
-def _record_failure(config: JobConfig, run: RunRecord, lock_timeout: float) -> None:
-    try:
-        with open_database(config.job.db, lock_timeout) as con:
-            record_run(con, run)
-    except Exception:  # the database could not be opened: the failure is still reported on the command line
-        pass
+def _validated_and_written(
+    publication: Publication, tables: dict[str, pl.DataFrame], rows: Counter[str], reporter: Reporter
+) -> None:
+    with reporter.stage("validate"), _step(None):
+        validate_tables(tables)
+    with reporter.stage("publish"), _step("publishing failed, nothing was written"):
+        publication.append(tables)
+    rows.update({name: frame.height for name, frame in tables.items()})

@@ -38,6 +38,8 @@ MAX_DAYS = 100_000
 
 DEFAULT_INPUT = "../sample_data"
 DEFAULT_DB = "../out/statusbatch.duckdb"
+DEFAULT_EVENTS_PER_RANGE = 5_000_000
+"""About 1 GiB of working memory per range of people (docs/performance.md)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class JobSection:
     input: Path
     db: Path
     parquet: Path | None = None
+    events_per_range: int = DEFAULT_EVENTS_PER_RANGE
+    """The run reads and computes the people a range at a time, each with about this many events
+    (0: everyone at once). It bounds memory and never changes a result."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,7 @@ def load_job(path: Path) -> JobConfig:
             input=reader.path(job, "[job]", "input", base, DEFAULT_INPUT),
             db=reader.path(job, "[job]", "db", base, DEFAULT_DB),
             parquet=reader.path(job, "[job]", "parquet", base, "") if "parquet" in job else None,
+            events_per_range=reader.whole(job, "[job]", "events_per_range", DEFAULT_EVENTS_PER_RANGE),
         ),
         cooldown=CooldownSection(
             after_invite_days=reader.days(cooldown, "[cooldown]", "after_invite_days", 30),
@@ -178,7 +184,7 @@ def load_job(path: Path) -> JobConfig:
 
 
 _KEYS: dict[str, tuple[str, ...]] = {
-    "job": ("input", "db", "parquet"),
+    "job": ("input", "db", "parquet", "events_per_range"),
     "cooldown": ("after_invite_days", "after_completion_days", "limits"),
     "blocklist": ("no_show_threshold",),
     "do_not_contact": ("name", "when"),

@@ -10,11 +10,25 @@ import polars as pl
 from statusbatch import codes
 from statusbatch.loading.contract import INPUT_TABLES, TIMESTAMP, InputTable, input_table
 from statusbatch.loading.errors import InputError
-from statusbatch.loading.quarantine import REJECTED_ROWS_SCHEMA, Part, Quarantined, quarantine, typed
-from statusbatch.loading.readers import find_input_file, read_table_file
+from statusbatch.loading.events import EventFile, EventsShare
+from statusbatch.loading.partitions import PersonRange, person_ranges, range_count
+from statusbatch.loading.quarantine import REJECTED_ROWS_SCHEMA, ROW, Part, Quarantined, quarantine, typed
+from statusbatch.loading.readers import find_input_file, read_table_file, scan_table_file
 from statusbatch.loading.tables import event_code_checks, participant_reference_check, reference_check
 
-__all__ = ["Inputs", "InputError", "load_inputs", "TIMESTAMP", "INPUT_TABLES", "RUN_INPUTS_SCHEMA"]
+__all__ = [
+    "EventsShare",
+    "Inputs",
+    "InputError",
+    "ModelInputs",
+    "PersonRange",
+    "Workspace",
+    "load_inputs",
+    "open_workspace",
+    "TIMESTAMP",
+    "INPUT_TABLES",
+    "RUN_INPUTS_SCHEMA",
+]
 
 RUN_INPUTS_SCHEMA: dict[str, pl.DataType] = {
     "source_table": pl.String,
@@ -25,8 +39,8 @@ RUN_INPUTS_SCHEMA: dict[str, pl.DataType] = {
 
 
 @dataclass(frozen=True)
-class Inputs:
-    """Accepted rows of every input table, plus the bookkeeping of what was rejected."""
+class ModelInputs:
+    """What the models read: the accepted rows of every input table (of one range of people, or all)."""
 
     people: pl.DataFrame
     studies: pl.DataFrame
@@ -34,9 +48,6 @@ class Inputs:
     sequences: pl.DataFrame
     event_logs: dict[str, pl.DataFrame]
     """The accepted events, one log per reader (`codes.EVENT_LOGS`): never copied whole."""
-    rejected_rows: pl.DataFrame
-    run_inputs: pl.DataFrame
-    files: dict[str, Path]
 
     @property
     def events(self) -> pl.DataFrame:
@@ -47,6 +58,15 @@ class Inputs:
             shares.append(self.event_logs[name].filter(~pl.col("event_type").is_in(sorted(seen))))
             seen.update(log.event_types)
         return pl.concat(shares, how="diagonal").select(input_table("events").schema.keys())
+
+
+@dataclass(frozen=True)
+class Inputs(ModelInputs):
+    """Every accepted row, plus the bookkeeping of what was rejected."""
+
+    rejected_rows: pl.DataFrame
+    run_inputs: pl.DataFrame
+    files: dict[str, Path]
 
 
 def _property_columns(raw: pl.DataFrame, table: InputTable) -> dict[str, pl.Expr]:
@@ -78,10 +98,63 @@ def _empty(table: InputTable) -> pl.DataFrame:
     return pl.DataFrame(schema=table.schema)
 
 
-def load_inputs(input_dir: Path) -> Inputs:
-    """Read and check every input table; a fatal problem raises InputError before any work."""
+@dataclass(frozen=True)
+class Workspace:
+    """Every input table read and checked but the events, which are read per range of people.
+
+    `rejected_rows` and `counts` hold what is settled before any range is read:
+    the small tables and the events' repeated keys; `share` reads the rest.
+    """
+
+    people: pl.DataFrame
+    studies: pl.DataFrame
+    participants: pl.DataFrame
+    sequences: pl.DataFrame
+    ranges: tuple[PersonRange, ...]
+    rejected_rows: pl.DataFrame
+    counts: dict[str, tuple[int, int]]
+    """(rows read, rows rejected) per table; the events' cover their repeated keys only."""
+    files: dict[str, Path]
+    events: EventFile
+
+    def share(self, people: PersonRange) -> tuple[ModelInputs, EventsShare]:
+        """The model inputs of one range of people, and what happened to that range's events."""
+        events = self.events.share(people)
+        person_id = pl.col("person_id")
+        inputs = ModelInputs(
+            people=self.people.filter(people.holds(person_id)),
+            studies=self.studies,
+            participants=self.participants.filter(people.holds(person_id)),
+            sequences=self.sequences,
+            event_logs=events.logs,
+        )
+        return inputs, events
+
+    def run_inputs(self, events_read: int, events_rejected: int) -> pl.DataFrame:
+        """`run_inputs` rows once every range is read: the events' ranges added to their repeated keys."""
+        counts = dict(self.counts)
+        read, rejected = counts["events"]
+        counts["events"] = (read + events_read, rejected + events_rejected)
+        return pl.DataFrame(
+            [
+                {"source_table": name, "rows_read": read, "rows_accepted": read - rejected, "rows_rejected": rejected}
+                for name, (read, rejected) in counts.items()
+            ],
+            schema=RUN_INPUTS_SCHEMA,
+        )
+
+
+def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
+    """Read and check every table but the events; plan ranges of about `events_per_range` events (0: one range).
+
+    A fatal problem (missing file or column, unreadable file) raises InputError
+    here, before any work; only an events file that fails midway can raise later.
+    """
     files = {t.name: find_input_file(input_dir, t) for t in INPUT_TABLES}
-    raws = {name: read_table_file(path, input_table(name)) for name, path in files.items() if path is not None}
+    raws = {
+        name: read_table_file(path, input_table(name)) for name, path in files.items() if path is not None and name != "events"
+    }
+    events_scan = scan_table_file(files["events"], input_table("events"), row_index=ROW)
 
     results: dict[str, Quarantined] = {}
     people_table = input_table("people")
@@ -101,20 +174,29 @@ def load_inputs(input_dir: Path) -> Inputs:
     )
     if "sequences" in raws:
         results["sequences"] = quarantine(raws["sequences"], input_table("sequences"))
-    results["events"] = quarantine(
-        raws.pop("events"),
-        input_table("events"),
-        extra_code_checks=event_code_checks(),
-        reference_checks=[
-            reference_check("person_id", person_ids, "person"),
-            reference_check("study_id", study_ids, "study"),
-            participant_reference_check(results["participants"].accepted),
-        ],
-        exact_duplicates_allowed=True,
-        split={
-            name: Part(typed("event_type").is_in(log.event_types), log.columns) for name, log in codes.EVENT_LOGS.items()
-        },
-    )
+    participants = results["participants"].accepted
+
+    def check_events(raw: pl.DataFrame, people: PersonRange | None) -> Quarantined:
+        in_range = people.holds(pl.col("person_id")) if people is not None else pl.lit(True)
+        return quarantine(
+            raw,
+            input_table("events"),
+            extra_code_checks=event_code_checks(),
+            reference_checks=[
+                reference_check("person_id", person_ids.filter(person_ids.to_frame().select(in_range).to_series()), "person"),
+                reference_check("study_id", study_ids, "study"),
+                participant_reference_check(participants.filter(in_range)),
+            ],
+            exact_duplicates_allowed=True,
+            keys_unique=people is not None,
+            split={
+                name: Part(typed("event_type").is_in(log.event_types), log.columns)
+                for name, log in codes.EVENT_LOGS.items()
+            },
+        )
+
+    events = EventFile(files["events"], events_scan, check_events)
+    results["events"] = events.repeated
     sequences = results["sequences"].accepted if "sequences" in results else _empty(input_table("sequences"))
     sequences = sequences.with_columns(
         pl.col("team_edition").fill_null(False),
@@ -123,25 +205,31 @@ def load_inputs(input_dir: Path) -> Inputs:
     rejected = pl.concat(
         [pl.DataFrame(schema=REJECTED_ROWS_SCHEMA)] + [q.rejected for q in results.values()], how="vertical"
     )
-    run_inputs = pl.DataFrame(
-        [
-            {
-                "source_table": name,
-                "rows_read": q.rows_read,
-                "rows_accepted": q.rows_accepted,
-                "rows_rejected": q.rejected.height,
-            }
-            for name, q in results.items()
-        ],
-        schema=RUN_INPUTS_SCHEMA,
-    )
-    return Inputs(
+    return Workspace(
         people=results["people"].accepted,
         studies=results["studies"].accepted,
-        participants=results["participants"].accepted,
+        participants=participants,
         sequences=sequences,
-        event_logs=results["events"].parts,
+        ranges=person_ranges(person_ids, range_count(events.rows, events_per_range)),
         rejected_rows=rejected,
-        run_inputs=run_inputs,
+        counts={name: (q.rows_read, q.rejected.height) for name, q in results.items()},
         files={k: v for k, v in files.items() if v is not None},
+        events=events,
+    )
+
+
+def load_inputs(input_dir: Path) -> Inputs:
+    """Every input table read and checked, the events whole (one range of people)."""
+    workspace = open_workspace(input_dir)
+    (everyone,) = workspace.ranges
+    inputs, events = workspace.share(everyone)
+    return Inputs(
+        people=inputs.people,
+        studies=inputs.studies,
+        participants=inputs.participants,
+        sequences=inputs.sequences,
+        event_logs=inputs.event_logs,
+        rejected_rows=pl.concat([workspace.rejected_rows, events.rejected], how="vertical"),
+        run_inputs=workspace.run_inputs(events.rows_read, events.rejected.height),
+        files=workspace.files,
     )

@@ -15,9 +15,23 @@ import polars as pl
 
 from statusbatch.loading.contract import TIMESTAMP, Column, InputTable
 
-__all__ = ["Check", "Part", "Quarantined", "REJECTED_ROWS_SCHEMA", "quarantine", "parse_timestamp", "parse_date"]
+__all__ = [
+    "Check",
+    "Part",
+    "Quarantined",
+    "REJECTED_ROWS_SCHEMA",
+    "POSITION",
+    "ROW",
+    "key_hash",
+    "quarantine",
+    "parse_timestamp",
+    "parse_date",
+    "repeated_hashes",
+]
 
 ROW = "__row_number"
+POSITION = "__position"
+"""A row's place in the frame being checked (a share of a file is numbered by the file's rows, ROW)."""
 _FAILED = "__failed_check"
 _BAD = "__fails_a_check"
 _TYPED = "__typed__"
@@ -51,16 +65,16 @@ def scoped(scope: pl.Expr, fails: pl.Expr) -> Callable[[pl.DataFrame], pl.Series
     costs a pass over that type's rows, not over the whole log."""
 
     def rows_failing(frame: pl.DataFrame) -> pl.Series:
-        rows = frame.lazy().filter(scope).filter(fails.fill_null(False)).select(ROW).collect().get_column(ROW)
-        return rows_marked(frame.height, rows)
+        rows = frame.lazy().with_row_index(POSITION).filter(scope).filter(fails.fill_null(False)).select(POSITION)
+        return rows_marked(frame.height, rows.collect().get_column(POSITION))
 
     return rows_failing
 
 
-def rows_marked(height: int, rows: pl.Series) -> pl.Series:
-    """A boolean mask over a file's rows, true at the (1-based) row numbers `rows`."""
+def rows_marked(height: int, positions: pl.Series) -> pl.Series:
+    """A boolean mask over a frame's rows, true at the (0-based) `positions`."""
     mask = np.zeros(height, dtype=bool)
-    mask[rows.to_numpy() - 1] = True
+    mask[positions.to_numpy()] = True
     return pl.Series(mask)
 
 
@@ -231,6 +245,7 @@ def quarantine(
     reference_checks: list[Check] = (),
     extra_columns: dict[str, pl.Expr] | None = None,
     exact_duplicates_allowed: bool = False,
+    keys_unique: bool = False,
     split: Mapping[str, Part] | None = None,
 ) -> Quarantined:
     """Split a file's rows into accepted (contract dtypes) and rejected rows.
@@ -240,16 +255,23 @@ def quarantine(
     key counts as accepted and adds nothing (events, SPEC §7.6). With `split`,
     the accepted rows come as those parts instead of one frame.
 
+    A `raw` holding a `ROW` column is a share of a file, numbered by the file's
+    rows; otherwise its rows are numbered from 1. With `keys_unique` the caller
+    vouches that no key occurs twice (the file's repeated keys were set apart
+    and are quarantined together), so the duplicate search is skipped.
+
     `raw` is let go of as soon as it is parsed (callers pass it without keeping
     a reference), so that memory holds one copy of a large file, not two.
     """
-    raw_columns, raw_schema = raw.columns, raw.schema
+    numbered = raw if ROW in raw.columns else raw.with_row_index(ROW, offset=1)
+    raw_columns = [c for c in raw.columns if c != ROW]
+    raw_schema = pl.Schema({name: raw.schema[name] for name in raw_columns})
     present = set(raw_columns) & {c.name for c in table.columns}
-    frame = raw.with_row_index(ROW, offset=1).with_columns(
+    frame = numbered.with_columns(
         pl.col(ROW).cast(pl.Int64),
         *[_parsed(c, raw_schema.get(c.name)).alias(_TYPED + c.name) for c in table.columns],
     )
-    del raw
+    del raw, numbered
     checks = (
         _parsing_checks(table, present)
         + _code_checks(table, present)
@@ -261,7 +283,12 @@ def quarantine(
     frame = frame.with_columns(**computed) if computed else frame
     fails = [pl.col(f"__fails_{i}") if callable(c.fails) else c.fails for i, c in enumerate(checks)]
     frame = frame.with_columns(pl.any_horizontal(fails).fill_null(False).alias(_BAD) if fails else pl.lit(False).alias(_BAD))
-    frame = _with_duplicate_checks(frame, table, raw_columns, exact_duplicates_allowed)
+    if keys_unique:
+        frame = frame.with_columns(
+            pl.lit(None, dtype=pl.Int64).alias("__kept_row"), pl.lit(False).alias("__exact_duplicate")
+        )
+    else:
+        frame = _with_duplicate_checks(frame, table, raw_columns, exact_duplicates_allowed)
     checks.append(_duplicate_check(table))
 
     bad = frame.filter(pl.col(_BAD) | pl.col("__kept_row").is_not_null()).with_columns(
@@ -328,16 +355,24 @@ def _duplicate_check(table: InputTable) -> Check:
     )
 
 
-def _maybe_repeated(frame: pl.DataFrame, key: list[pl.Expr]) -> pl.Expr:
-    """Rows whose key hash occurs more than once: every repeated key, and rarely a collision.
+def repeated_hashes(hashes: np.ndarray) -> pl.Series:
+    """The 64-bit hashes that occur more than once.
 
-    Sorting 64-bit hashes is several times faster than hashing strings into
-    groups; the exact comparison of the few candidates happens afterwards.
+    Sorting hashes is several times faster than hashing strings into groups;
+    the rows they point at are compared exactly afterwards.
     """
-    hashed = (pl.struct(key) if len(key) > 1 else key[0]).hash(seed=0)
-    ordered = np.sort(frame.select(hashed).to_series().to_numpy())
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    return hashed.is_in(pl.Series(repeated, dtype=pl.UInt64).implode())
+    ordered = np.sort(hashes)
+    return pl.Series(np.unique(ordered[1:][ordered[1:] == ordered[:-1]]), dtype=pl.UInt64)
+
+
+def key_hash(key: list[pl.Expr]) -> pl.Expr:
+    return (pl.struct(key) if len(key) > 1 else key[0]).hash(seed=0)
+
+
+def _maybe_repeated(frame: pl.DataFrame, key: list[pl.Expr]) -> pl.Expr:
+    """Rows whose key hash occurs more than once: every repeated key, and rarely a collision."""
+    hashed = key_hash(key)
+    return hashed.is_in(repeated_hashes(frame.select(hashed).to_series().to_numpy()).implode())
 
 
 def _with_duplicate_checks(

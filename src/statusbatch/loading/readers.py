@@ -13,7 +13,7 @@ import polars as pl
 from statusbatch.loading.contract import InputTable
 from statusbatch.loading.errors import InputError
 
-__all__ = ["find_input_file", "read_table_file"]
+__all__ = ["find_input_file", "read_table_file", "scan_table_file", "collect_file"]
 
 _SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
@@ -33,6 +33,47 @@ def find_input_file(input_dir: Path, table: InputTable) -> Path | None:
     return found[0]
 
 
+def scan_table_file(path: Path, table: InputTable, row_index: str | None = None) -> pl.LazyFrame:
+    """The file as a lazy scan (numbered from 1 in `row_index`), its required columns checked from its header.
+
+    A large file is read a share at a time: filters on the scan reach the
+    reader (Parquet row groups whose statistics rule them out are skipped).
+    """
+    try:
+        if path.name.endswith(".parquet"):
+            scan = pl.scan_parquet(path, row_index_name=row_index, row_index_offset=1)
+        else:
+            scan = pl.scan_csv(
+                path,
+                infer_schema=False,
+                has_header=True,
+                raise_if_empty=False,
+                truncate_ragged_lines=False,
+                row_index_name=row_index,
+                row_index_offset=1,
+            )
+        columns = scan.collect_schema().names()
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        raise _unreadable(path, exc) from exc
+    missing = [c for c in table.required_columns if c not in columns]
+    if missing:
+        raise InputError(f"{path}: missing required column '{missing[0]}'")
+    return scan
+
+
+def collect_file(path: Path, query: pl.LazyFrame) -> pl.DataFrame:
+    """Run a query over a file's scan; a read failure is the file's fault (exit 2), named."""
+    try:
+        return query.collect()
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return InputError(f"{path}: unreadable file ({first_line})")
+
+
 def read_table_file(path: Path, table: InputTable) -> pl.DataFrame:
     """The file's rows with the contract's required columns checked to be present."""
     try:
@@ -47,8 +88,7 @@ def read_table_file(path: Path, table: InputTable) -> pl.DataFrame:
                 truncate_ragged_lines=False,
             )
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: unreadable file ({first_line})") from exc
+        raise _unreadable(path, exc) from exc
     missing = [c for c in table.required_columns if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: missing required column '{missing[0]}'")

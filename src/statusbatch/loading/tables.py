@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from statusbatch import codes
-from statusbatch.loading.quarantine import ROW, Check, parse_date, rows_marked, scoped, typed
+from statusbatch.loading.quarantine import POSITION, Check, parse_date, rows_marked, scoped, typed
 
 __all__ = ["event_code_checks", "reference_check", "participant_reference_check", "SEQUENCE_STATUS_VALUES"]
 
@@ -71,11 +71,12 @@ def participant_reference_check(participants: pl.DataFrame) -> Check:
     def fails(frame: pl.DataFrame) -> pl.Series:
         orphans = (
             frame.lazy()
+            .with_row_index(POSITION)
             .filter(typed("event_type") == "participant_status")
-            .select(ROW, typed("study_id").alias("study_id"), typed("person_id").alias("person_id"))
+            .select(POSITION, typed("study_id").alias("study_id"), typed("person_id").alias("person_id"))
             .join(participants.lazy().select("study_id", "person_id"), on=["study_id", "person_id"], how="anti")
             .collect()
-            .get_column(ROW)
+            .get_column(POSITION)
         )
         return rows_marked(frame.height, orphans)
 

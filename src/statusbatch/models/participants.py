@@ -16,6 +16,8 @@ __all__ = [
     "status_transitions",
     "study_is_open",
     "study_progress",
+    "study_tallies",
+    "summed_tallies",
     "stage_of",
 ]
 
@@ -108,10 +110,9 @@ def status_transitions(observations: pl.LazyFrame, statuses: tuple[str, ...]) ->
     )
 
 
-def study_progress(
-    studies: pl.LazyFrame, status: pl.LazyFrame, observations: pl.LazyFrame, as_of: datetime
-) -> pl.LazyFrame:
-    """Per study: participants by stage, interviews booked and completed, participation limit.
+def study_tallies(status: pl.LazyFrame, observations: pl.LazyFrame) -> pl.LazyFrame:
+    """Per study, the counts behind its progress, over some participants: tallies of
+    disjoint sets of people add up (`summed_tallies`) to the whole study's.
 
     Toward the limit count participants who completed (any kind) plus those
     currently scheduled, as §7.11 adds them: one who completed and is booked
@@ -134,26 +135,36 @@ def study_progress(
         )
         .group_by("study_id", "person_id")
         .agg(pl.col("interview").any())
+        .group_by("study_id")
+        .agg(
+            pl.len().cast(pl.Int64).alias("completed"),
+            pl.col("interview").sum().cast(pl.Int64).alias("interviews_completed"),
+        )
     )
-    toward_limit = (
-        status.group_by("study_id")
-        .agg((pl.col("participant_status") == "interview_scheduled").sum().alias("scheduled"))
-        .join(completed.group_by("study_id").agg(pl.len().alias("completed")), on="study_id", how="full", coalesce=True)
-        .select("study_id", (pl.col("scheduled").fill_null(0) + pl.col("completed").fill_null(0)).alias("toward_limit"))
+    return per_study.join(completed, on="study_id", how="full", coalesce=True).with_columns(
+        pl.col(_TALLIES).fill_null(0)
     )
-    interviews_completed = completed.group_by("study_id").agg(
-        pl.col("interview").sum().cast(pl.Int64).alias("interviews_completed")
-    )
-    zero = [f"stage_{s}" for s in codes.STAGES] + ["participants", "interviews_booked", "interviews_completed"]
+
+
+_TALLIES = [f"stage_{s}" for s in codes.STAGES] + ["participants", "interviews_booked", "completed", "interviews_completed"]
+
+
+def summed_tallies(tallies: list[pl.LazyFrame]) -> pl.LazyFrame:
+    """The tallies of the whole study from those of disjoint sets of people."""
+    return pl.concat(tallies).group_by("study_id").agg(pl.col(_TALLIES).sum())
+
+
+def study_progress(studies: pl.LazyFrame, tallies: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    """Per study: participants by stage, interviews booked and completed, participation limit."""
     return (
         studies.select("study_id", "kind", "participation_limit", study_is_open(as_of).alias("is_open"))
-        .join(per_study, on="study_id", how="left")
-        .join(interviews_completed, on="study_id", how="left")
-        .join(toward_limit, on="study_id", how="left")
-        .with_columns(pl.col(zero).fill_null(0), pl.col("toward_limit").fill_null(0))
+        .join(tallies, on="study_id", how="left")
+        .with_columns(pl.col(_TALLIES).fill_null(0))
         .with_columns(
-            (pl.col("participation_limit").is_not_null() & (pl.col("toward_limit") >= pl.col("participation_limit")))
-            .alias("limit_reached")
+            (
+                pl.col("participation_limit").is_not_null()
+                & (pl.col("interviews_booked") + pl.col("completed") >= pl.col("participation_limit"))
+            ).alias("limit_reached")
         )
         .select(
             "study_id",

@@ -21,6 +21,7 @@ from statusbatch.validation import SLICED_TABLES
 
 __all__ = [
     "DatabaseLockedError",
+    "Publication",
     "RUNS_DDL",
     "RUN_INPUTS_DDL",
     "RunRecord",
@@ -126,26 +127,31 @@ def previous_statuses(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFra
     ).pl()
 
 
-def _ensure_table(con: duckdb.DuckDBPyConnection, name: str) -> None:
+def _ensure_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     if not _table_exists(con, name):
         con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM frame LIMIT 0')
-        return
+        return True
     existing = {row[0] for row in con.execute(f'DESCRIBE "{name}"').fetchall()}
     for column, column_type, *_ in con.execute("DESCRIBE frame").fetchall():  # noqa: rows-ok (one row per column)
         if column not in existing:
             con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{column}" {column_type}')
+    return False
 
 
-def _write(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame, where: str | None, params: list) -> None:
+def _clear(con: duckdb.DuckDBPyConnection, name: str, where: str, params: list) -> None:
+    con.execute(f'DELETE FROM "{name}" WHERE {where}', params)
+
+
+def _append(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> bool:
+    """Insert `frame` (creating the table or its new columns); True when the table was new."""
     # one contiguous chunk per column: DuckDB's Arrow scan is up to twice as slow over many small chunks
     con.register("frame", frame.rechunk().to_arrow())
     try:
-        _ensure_table(con, name)
-        if where is not None:
-            con.execute(f'DELETE FROM "{name}" WHERE {where}', params)
+        created = _ensure_table(con, name)
         con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM frame')
     finally:
         con.unregister("frame")
+    return created
 
 
 _PUBLISHED = "SELECT DISTINCT as_of FROM runs WHERE outcome = 'success'"
@@ -187,6 +193,54 @@ def _insert_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     )
 
 
+_REPLACED: dict[str, str] = {"status_changes": "as_of = ?", "contact_status_history": "true"}
+"""What a run replaces in the tables that are not sliced by as_of (SPEC §4)."""
+
+
+class Publication:
+    """One run's tables written in one transaction, a share of people at a time: all or nothing.
+
+    A table's own slice (or, for the history, its rows) is cleared before the
+    run's first rows go in; `commit` adds the run, prunes old slices and
+    commits. Any failure before then is undone by `rollback`.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, as_of: date, *, keep_as_of: int) -> None:
+        self._con = con
+        self._as_of = as_of
+        self._keep_as_of = keep_as_of
+        self._started: set[str] = set()
+        con.execute("BEGIN TRANSACTION")
+
+    def append(self, tables: dict[str, pl.DataFrame]) -> None:
+        for name, frame in tables.items():
+            if name in SLICED_TABLES or name in _REPLACED:
+                self._append_replacing(name, frame)
+            elif name == "run_inputs":
+                self._con.execute(RUN_INPUTS_DDL)
+                _append(self._con, name, frame)
+            else:
+                raise ValueError(f"no publishing rule for table {name!r}")
+
+    def _append_replacing(self, name: str, frame: pl.DataFrame) -> None:
+        first = name not in self._started
+        self._started.add(name)
+        if first and _table_exists(self._con, name):
+            where = _REPLACED.get(name, "as_of = ?")
+            _clear(self._con, name, where, [self._as_of] if "?" in where else [])
+        _append(self._con, name, frame)
+
+    def commit(self, run: RunRecord) -> None:
+        _insert_run(self._con, run)
+        for name in sorted(self._started & set(SLICED_TABLES)):
+            _prune(self._con, name, self._keep_as_of)
+            _latest_view(self._con, name)
+        self._con.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self._con.execute("ROLLBACK")
+
+
 def publish(
     con: duckdb.DuckDBPyConnection,
     tables: dict[str, pl.DataFrame],
@@ -195,26 +249,12 @@ def publish(
     keep_as_of: int,
 ) -> None:
     """Write every table, the run and its inputs in one transaction: all or nothing."""
-    con.execute("BEGIN TRANSACTION")
+    publication = Publication(con, run.as_of, keep_as_of=keep_as_of)
     try:
-        _insert_run(con, run)
-        for name, frame in tables.items():
-            if name in SLICED_TABLES:
-                _write(con, name, frame, "as_of = ?", [run.as_of])
-                _prune(con, name, keep_as_of)
-                _latest_view(con, name)
-            elif name == "status_changes":
-                _write(con, name, frame, "as_of = ?", [run.as_of])
-            elif name == "contact_status_history":
-                _write(con, name, frame, "true", [])
-            elif name == "run_inputs":
-                con.execute(RUN_INPUTS_DDL)
-                _write(con, name, frame, None, [])
-            else:
-                raise ValueError(f"no publishing rule for table {name!r}")
-        con.execute("COMMIT")
+        publication.append(tables)
+        publication.commit(run)
     except BaseException:
-        con.execute("ROLLBACK")
+        publication.rollback()
         raise
 
 

@@ -1,0 +1,68 @@
+"""The events file, read one range of people at a time with the checks of SPEC §5 unchanged.
+
+Duplicate keys are the one check that spans ranges: an event id may repeat
+anywhere in the file, under another person. A first pass hashes every
+`event_id`; the rows of repeated hashes are read whole and quarantined
+together (the first valid row wins, an exact duplicate counts once), and each
+range then reads its other rows, among which no key repeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from statusbatch.loading.partitions import PersonRange
+from statusbatch.loading.quarantine import ROW, Quarantined, key_hash, repeated_hashes
+from statusbatch.loading.readers import collect_file
+
+__all__ = ["EventFile", "EventsShare"]
+
+Quarantine = Callable[[pl.DataFrame, PersonRange | None], Quarantined]
+"""Checks a share of the events file (raw rows numbered in `ROW`). Given the range of people the
+share holds, it may look people up in that range only, and no key repeats in it."""
+
+
+@dataclass(frozen=True)
+class EventsShare:
+    """The events of one range of people: accepted (cut into logs) and rejected."""
+
+    logs: dict[str, pl.DataFrame]
+    rejected: pl.DataFrame
+    rows_read: int
+
+
+class EventFile:
+    """The events file: its repeated keys settled up front, its other rows read per range of people."""
+
+    def __init__(self, path: Path, scan: pl.LazyFrame, check: Quarantine) -> None:
+        self.path = path
+        self._scan = scan
+        self._check = check
+        schema = scan.collect_schema()
+        person_id = pl.col("person_id")
+        self._person_id = person_id if schema["person_id"] == pl.String else person_id.cast(pl.String)
+        hashed = key_hash([pl.col("event_id") if schema["event_id"] == pl.String else pl.col("event_id").cast(pl.String)])
+        hashes = collect_file(path, scan.select(hashed)).to_series().to_numpy()
+        self.rows = len(hashes)
+        repeated = repeated_hashes(hashes)
+        del hashes
+        candidates = collect_file(path, scan.filter(hashed.is_in(repeated.implode())))
+        self._repeated_rows = candidates.get_column(ROW)
+        self.repeated: Quarantined = check(candidates, None)
+        """The rows of every repeated key, checked together: counted once, not per range."""
+
+    def share(self, people: PersonRange) -> EventsShare:
+        """The events of `people`, but for rows of repeated keys (settled in `repeated`, accepted ones added)."""
+        wanted = people.holds(self._person_id)
+        if self._repeated_rows.len():
+            wanted = wanted & ~pl.col(ROW).is_in(self._repeated_rows.implode())
+        own = self._check(collect_file(self.path, self._scan.filter(wanted)), people)
+        logs = {
+            name: pl.concat([log, self.repeated.parts[name].filter(people.holds(pl.col("person_id")))])
+            for name, log in own.parts.items()
+        }
+        return EventsShare(logs=logs, rejected=own.rejected, rows_read=own.rows_read)

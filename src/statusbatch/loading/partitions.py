@@ -1,0 +1,52 @@
+"""Ranges of people: a large workspace is read and computed one range of people at a time.
+
+Every status is a function of one person's facts (a study's progress adds up
+per-person tallies), so the people can be cut into ranges of their ids and each
+range run on its own. Ranges of ids, not hashes, so that the reader can skip
+the Parquet row groups of other people when a file is ordered by person.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import polars as pl
+
+__all__ = ["PersonRange", "person_ranges", "range_count"]
+
+
+@dataclass(frozen=True)
+class PersonRange:
+    """The person ids in [low, high); an open end is unbounded, and the first range also holds null ids."""
+
+    low: str | None
+    high: str | None
+
+    def holds(self, person_id: pl.Expr) -> pl.Expr:
+        inside = pl.lit(True)
+        if self.low is not None:
+            inside = inside & (person_id >= self.low)
+        if self.high is not None:
+            inside = inside & (person_id < self.high)
+        if self.low is None and self.high is not None:
+            inside = inside | person_id.is_null()
+        return inside
+
+
+def range_count(events: int, events_per_range: int) -> int:
+    """How many ranges keep each near `events_per_range` events (1 when unbounded)."""
+    if events_per_range <= 0:
+        return 1
+    return max(1, math.ceil(events / events_per_range))
+
+
+def person_ranges(person_ids: pl.Series, count: int) -> tuple[PersonRange, ...]:
+    """`count` ranges of about as many people each, together holding every possible id once."""
+    ids = person_ids.drop_nulls().unique().sort()
+    count = min(count, ids.len())
+    if count <= 1:
+        return (PersonRange(None, None),)
+    bounds: list[str | None] = [ids[i * ids.len() // count] for i in range(1, count)]
+    edges = [None, *bounds, None]
+    return tuple(PersonRange(low, high) for low, high in zip(edges, edges[1:], strict=False))

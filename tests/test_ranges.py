@@ -1,0 +1,160 @@
+"""Ranges of people: a run computed a range at a time equals the run of everyone at once."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from conftest import cli, event, person, write_inputs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import statusbatch.pipeline
+from statusbatch.loading import load_inputs, open_workspace
+from statusbatch.loading.partitions import PersonRange, person_ranges, range_count
+
+ROOT = Path(__file__).resolve().parents[1]
+IDS = st.text(alphabet="ab1", max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(IDS, max_size=30), st.integers(1, 8), st.lists(st.one_of(st.none(), IDS), max_size=30))
+def test_every_id_falls_in_exactly_one_range(people, count, probes):
+    ranges = person_ranges(pl.Series(people, dtype=pl.String), count)
+    assert 1 <= len(ranges) <= max(1, min(count, len(set(people))))
+    probe = pl.DataFrame({"person_id": people + probes}, schema={"person_id": pl.String})
+    held = probe.with_columns(
+        held=pl.sum_horizontal(r.holds(pl.col("person_id")).cast(pl.Int32) for r in ranges)
+    ).get_column("held")
+    assert held.to_list() == [1] * probe.height
+
+
+def test_ranges_hold_about_as_many_people_each():
+    ids = pl.Series([f"p{i:03d}" for i in range(100)])
+    ranges = person_ranges(ids, 4)
+    sizes = [ids.to_frame("person_id").filter(r.holds(pl.col("person_id"))).height for r in ranges]
+    assert sizes == [25, 25, 25, 25]
+    assert ranges[0] == PersonRange(None, "p025") and ranges[-1] == PersonRange("p075", None)
+
+
+@pytest.mark.parametrize(("events", "per_range", "count"), [(10, 0, 1), (10, 10, 1), (11, 10, 2), (0, 5, 1), (100, 7, 15)])
+def test_range_count(events, per_range, count):
+    assert range_count(events, per_range) == count
+
+
+PEOPLE = [person(f"p{i}") for i in range(1, 7)]
+EVENTS = [
+    # e1 under two people in different ranges: the first row wins
+    event("e1", "p1", "2026-03-01T00:00:00Z", "opted_out"),
+    event("e1", "p6", "2026-03-02T00:00:00Z", "opted_out"),
+    # e2: the first row is bad, so the first *valid* row (another person's) wins
+    event("e2", "p2", "2026-03-01T00:00:00Z", "frobbed"),
+    event("e2", "p5", "2026-03-01T00:00:00Z", "email_opened", sequence_id="Q1"),
+    # e3: an exact duplicate counts once
+    event("e3", "p3", "2026-03-01T00:00:00Z", "unsubscribed", value="news"),
+    event("e3", "p3", "2026-03-01T00:00:00Z", "unsubscribed", value="news"),
+    event("e4", "p4", "2026-03-01T00:00:00Z", "stopped"),
+    event("e5", "nobody", "2026-03-01T00:00:00Z", "stopped"),
+    event("", "p4", "2026-03-01T00:00:00Z", "stopped"),
+    event("e6", "p6", "2026-03-03T00:00:00Z", "blocklist_added"),
+]
+
+
+def _sorted(frame: pl.DataFrame, *by: str) -> pl.DataFrame:
+    return frame.sort(by, nulls_last=True)
+
+
+@pytest.mark.parametrize("per_range", [1, 2, 4])
+def test_events_read_by_range_are_the_events_read_whole(tmp_path, per_range):
+    write_inputs(tmp_path, people=PEOPLE, studies=[], participants=[], events=EVENTS)
+    whole = load_inputs(tmp_path)
+    workspace = open_workspace(tmp_path, per_range)
+    assert len(workspace.ranges) == min(6, range_count(len(EVENTS), per_range))
+    shares = [workspace.share(people) for people in workspace.ranges]
+
+    for name, log in whole.event_logs.items():
+        by_range = pl.concat([inputs.event_logs[name] for inputs, _ in shares])
+        assert _sorted(by_range, "event_id").equals(_sorted(log, "event_id")), name
+    rejected = pl.concat([workspace.rejected_rows, *[events.rejected for _, events in shares]])
+    assert _sorted(rejected, "source_table", "row_number").equals(_sorted(whole.rejected_rows, "source_table", "row_number"))
+    read = sum(events.rows_read for _, events in shares)
+    assert workspace.run_inputs(read, rejected.height - workspace.rejected_rows.height).equals(whole.run_inputs)
+
+    accepted = whole.events.sort("event_id")
+    assert accepted.select("event_id", "person_id").rows() == [
+        ("e1", "p1"), ("e2", "p5"), ("e3", "p3"), ("e4", "p4"), ("e6", "p6")
+    ]
+    events_rejected = whole.rejected_rows.filter(pl.col("source_table") == "events").sort("row_number")
+    assert events_rejected.select("row_number", "column").rows() == [
+        (2, "event_id"), (3, "event_type"), (8, "person_id"), (9, "event_id")
+    ]
+    assert events_rejected.get_column("problem")[0] == "duplicate event_id (row 1 was kept)"
+
+
+def _job(root: Path, input_dir: Path, per_range: int) -> Path:
+    job = root / "job.toml"
+    job.write_text(
+        f'[job]\ninput = "{input_dir}"\ndb = "{root / "out.duckdb"}"\nevents_per_range = {per_range}\n\n'
+        '[[do_not_contact]]\nname = "minors"\nwhen = "age < 18"\n\n[sequences]\nooo_resume_days = 14\n'
+    )
+    return job
+
+
+def _published(db: Path) -> dict[str, pl.DataFrame]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        names = [r[0] for r in con.execute("select table_name from information_schema.tables where table_type = 'BASE TABLE'").fetchall()]
+        frames = {name: con.sql(f'select * from "{name}"').pl() for name in names}
+    finally:
+        con.close()
+    frames["runs"] = frames["runs"].select("as_of", "outcome", "error")
+    frames["run_inputs"] = frames["run_inputs"].drop("run_id")
+    return {name: frame.sort(pl.all(), nulls_last=True) for name, frame in frames.items()}
+
+
+def test_a_run_by_ranges_publishes_what_the_run_of_everyone_publishes(tmp_path):
+    outputs = {}
+    for per_range in (0, 600):
+        root = tmp_path / str(per_range)
+        root.mkdir()
+        result = cli("run", str(_job(root, ROOT / "sample_data", per_range)), "--as-of", "2026-03-31")
+        assert result.exit_code == 0, result.output
+        outputs[per_range] = _published(root / "out.duckdb")
+    assert "computed in 14 ranges of people" in result.output
+    assert outputs[0].keys() == outputs[600].keys()
+    for name, frame in outputs[0].items():
+        assert frame.equals(outputs[600][name]), name
+    assert outputs[0]["contact_status"].height > 200 and outputs[0]["rejected_rows"].height > 100
+
+
+def test_a_failure_in_a_later_range_writes_nothing(tmp_path, monkeypatch):
+    root = tmp_path / "ws"
+    shutil.copytree(ROOT / "sample_data", root / "input")
+    job = _job(root, root / "input", 2000)
+    assert cli("run", str(job), "--as-of", "2026-03-30").exit_code == 0
+    before = _published(root / "out.duckdb")
+    real = statusbatch.pipeline.range_tables
+    ranges_seen = []
+
+    def fails_in_the_third_range(inputs, config, as_of, rules):
+        ranges_seen.append(inputs.people.height)
+        if len(ranges_seen) == 3:
+            raise RuntimeError("disk on fire")
+        return real(inputs, config, as_of, rules)
+
+    monkeypatch.setattr(statusbatch.pipeline, "range_tables", fails_in_the_third_range)
+    result = cli("run", str(job), "--as-of", "2026-03-31")
+    assert result.exit_code == 1 and "disk on fire" in result.output
+    after = _published(root / "out.duckdb")
+    assert len(ranges_seen) == 3 and all(height > 0 for height in ranges_seen)
+    assert after["runs"].select("as_of", "outcome").rows() == [
+        (date(2026, 3, 30), "success"),
+        (date(2026, 3, 31), "failed"),
+    ]
+    for name, frame in before.items():
+        if name != "runs":
+            assert frame.equals(after[name]), name
