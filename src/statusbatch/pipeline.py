@@ -6,6 +6,7 @@ import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -272,6 +273,7 @@ def run_prepared(
     rows: Counter[str] = Counter()
     with open_database(config.job.db, lock_timeout) as con:
         publication = Publication(con, as_of.day, keep_as_of=config.retention.keep_as_of)
+        writer = _Writer(publication, rows, reporter)
         try:
             with _step(None):
                 previous = previous_statuses(con, as_of.day)
@@ -288,7 +290,7 @@ def run_prepared(
                     tables = {name: published_form(frame, as_of.day) for name, frame in computed.items()}
                     tables["status_changes"] = status_changes(tables["contact_status"], previous, as_of.day)
                 del inputs, events, lazy, computed
-                _validated_and_written(publication, tables, rows, reporter)
+                writer.submit(tables)
                 del tables
             with reporter.stage("compute"), _step("internal error while computing"):
                 rejected_rows = pl.concat(event_rejects, how="vertical")
@@ -301,16 +303,19 @@ def run_prepared(
                     "run_inputs": workspace.run_inputs(events_read, rejected_rows.height - workspace.rejected_rows.height)
                     .select(pl.lit(run_id).alias("run_id"), pl.all()),
                 }
-            _validated_and_written(publication, tables, rows, reporter)
+            writer.submit(tables)
+            writer.wait()
             with reporter.stage("publish"), _step("publishing failed, nothing was written"):
                 publication.commit(record("success", None))
         except BaseException as exc:
+            writer.close()
             publication.rollback()
             if isinstance(exc, (InputError, _Failed)):
                 record_run(con, record("failed", exc.recorded if isinstance(exc, _Failed) else str(exc)))
             if isinstance(exc, _Failed):
                 raise RunFailed(str(exc)) from exc
             raise
+        writer.close()
         if config.job.parquet is not None:
             with reporter.stage("parquet"):
                 export_parquet(con, sorted({*rows, "runs"}), config.job.parquet)
@@ -324,11 +329,36 @@ def run_prepared(
     return RunSummary(run_id, as_of, dict(rows), tables["run_inputs"].drop("run_id"))
 
 
-def _validated_and_written(
-    publication: Publication, tables: dict[str, pl.DataFrame], rows: Counter[str], reporter: Reporter
-) -> None:
-    with reporter.stage("validate"), _step(None):
-        validate_tables(tables)
-    with reporter.stage("publish"), _step("publishing failed, nothing was written"):
-        publication.append(tables)
-    rows.update({name: frame.height for name, frame in tables.items()})
+class _Writer:
+    """Validates and writes one range's tables on a thread of its own while the next range is
+    computed (Polars and DuckDB both let go of the GIL); one range at a time is pending."""
+
+    def __init__(self, publication: Publication, rows: Counter[str], reporter: Reporter) -> None:
+        self._publication = publication
+        self._rows = rows
+        self._reporter = reporter
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="statusbatch-writer")
+        self._pending: Future[None] | None = None
+
+    def submit(self, tables: dict[str, pl.DataFrame]) -> None:
+        self.wait()
+        self._pending = self._pool.submit(self._write, tables)
+
+    def wait(self) -> None:
+        """Until the pending range is written; its failure is raised here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Let the pending write finish (its outcome no longer matters) before the transaction ends."""
+        with contextlib.suppress(Exception):
+            self.wait()
+        self._pool.shutdown()
+
+    def _write(self, tables: dict[str, pl.DataFrame]) -> None:
+        with self._reporter.stage("validate", spinner=False), _step(None):
+            validate_tables(tables)
+        with self._reporter.stage("publish", spinner=False), _step("publishing failed, nothing was written"):
+            self._publication.append(tables)
+        self._rows.update({name: frame.height for name, frame in tables.items()})

@@ -38,9 +38,10 @@ class Reporter:
             print(message, file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, *, spinner: bool = True) -> Iterator[None]:
+        """Time a stage; `spinner=False` for a stage run beside another (one live display at a time)."""
         started = time.perf_counter()
-        if self.interactive:
+        if self.interactive and spinner:
             with self.console.status(f"[bold]{name}[/bold]…"):
                 yield
         else:
