@@ -97,7 +97,7 @@ def test_an_empty_file_gives_every_default(jobs: Path) -> None:
     assert config.job.input == (root / "sample_data").resolve()
     assert config.job.db == (root / "out" / "statusbatch.duckdb").resolve()
     assert config.job.parquet is None
-    assert config.job.events_per_range == 5_000_000
+    assert config.job.events_per_range == 2_500_000
     assert config.cooldown == CooldownSection(after_invite_days=30, after_completion_days=90, limits=())
     assert config.blocklist == BlocklistSection(no_show_threshold=2)
     assert config.do_not_contact == ()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 
-import click
+# Polars' allocator hands freed memory back to the OS after half a second; each range of people
+# then faults in again what the previous one freed, which cost a quarter of a run's CPU time.
+# Kept for reuse instead (docs/performance.md); a _RJEM_MALLOC_CONF of the caller's own wins.
+os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
 
-from statusbatch import __version__
-from statusbatch.commands import explain, generate, import_legacy, run
+import click  # noqa: E402  (the allocator is configured before Polars is first imported)
+
+from statusbatch import __version__  # noqa: E402
+from statusbatch.commands import explain, generate, import_legacy, run  # noqa: E402
 
 __all__ = ["main"]
 

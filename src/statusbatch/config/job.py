@@ -38,8 +38,8 @@ MAX_DAYS = 100_000
 
 DEFAULT_INPUT = "../sample_data"
 DEFAULT_DB = "../out/statusbatch.duckdb"
-DEFAULT_EVENTS_PER_RANGE = 5_000_000
-"""About 1 GiB of working memory per range of people (docs/performance.md)."""
+DEFAULT_EVENTS_PER_RANGE = 2_500_000
+"""About 0.5 GiB of working memory per range of people (docs/performance.md)."""
 
 
 @dataclass(frozen=True)
