@@ -175,15 +175,17 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     if "sequences" in raws:
         results["sequences"] = quarantine(raws["sequences"], input_table("sequences"))
     participants = results["participants"].accepted
+    people_ids = results["people"].accepted.select("person_id")
 
     def check_events(raw: pl.DataFrame, people: PersonRange | None) -> Quarantined:
+        """Events of one range of people are checked against that range's people and participants."""
         in_range = people.holds(pl.col("person_id")) if people is not None else pl.lit(True)
         return quarantine(
             raw,
             input_table("events"),
             extra_code_checks=event_code_checks(),
             reference_checks=[
-                reference_check("person_id", person_ids.filter(person_ids.to_frame().select(in_range).to_series()), "person"),
+                reference_check("person_id", people_ids.filter(in_range).get_column("person_id"), "person"),
                 reference_check("study_id", study_ids, "study"),
                 participant_reference_check(participants.filter(in_range)),
             ],

@@ -33,31 +33,26 @@ def find_input_file(input_dir: Path, table: InputTable) -> Path | None:
     return found[0]
 
 
+_CSV = {"infer_schema": False, "has_header": True, "raise_if_empty": False, "truncate_ragged_lines": False}
+"""Every CSV column as text: a bad value becomes a rejected row, a ragged row an unreadable file."""
+
+
 def scan_table_file(path: Path, table: InputTable, row_index: str | None = None) -> pl.LazyFrame:
     """The file as a lazy scan (numbered from 1 in `row_index`), its required columns checked from its header.
 
     A large file is read a share at a time: filters on the scan reach the
     reader (Parquet row groups whose statistics rule them out are skipped).
     """
+    numbered = {"row_index_name": row_index, "row_index_offset": 1}
     try:
         if path.name.endswith(".parquet"):
-            scan = pl.scan_parquet(path, row_index_name=row_index, row_index_offset=1)
+            scan = pl.scan_parquet(path, **numbered)
         else:
-            scan = pl.scan_csv(
-                path,
-                infer_schema=False,
-                has_header=True,
-                raise_if_empty=False,
-                truncate_ragged_lines=False,
-                row_index_name=row_index,
-                row_index_offset=1,
-            )
+            scan = pl.scan_csv(path, **_CSV, **numbered)
         columns = scan.collect_schema().names()
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
         raise _unreadable(path, exc) from exc
-    missing = [c for c in table.required_columns if c not in columns]
-    if missing:
-        raise InputError(f"{path}: missing required column '{missing[0]}'")
+    _check_required_columns(path, table, columns)
     return scan
 
 
@@ -69,27 +64,22 @@ def collect_file(path: Path, query: pl.LazyFrame) -> pl.DataFrame:
         raise _unreadable(path, exc) from exc
 
 
-def _unreadable(path: Path, exc: Exception) -> InputError:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return InputError(f"{path}: unreadable file ({first_line})")
-
-
 def read_table_file(path: Path, table: InputTable) -> pl.DataFrame:
     """The file's rows with the contract's required columns checked to be present."""
     try:
-        if path.name.endswith(".parquet"):
-            frame = pl.read_parquet(path)
-        else:
-            frame = pl.read_csv(
-                path,
-                infer_schema=False,
-                has_header=True,
-                raise_if_empty=False,
-                truncate_ragged_lines=False,
-            )
+        frame = pl.read_parquet(path) if path.name.endswith(".parquet") else pl.read_csv(path, **_CSV)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
         raise _unreadable(path, exc) from exc
-    missing = [c for c in table.required_columns if c not in frame.columns]
+    _check_required_columns(path, table, frame.columns)
+    return frame
+
+
+def _check_required_columns(path: Path, table: InputTable, columns: list[str]) -> None:
+    missing = [c for c in table.required_columns if c not in columns]
     if missing:
         raise InputError(f"{path}: missing required column '{missing[0]}'")
-    return frame
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return InputError(f"{path}: unreadable file ({first_line})")
