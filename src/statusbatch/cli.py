@@ -6,8 +6,9 @@ import os
 
 # Polars' allocator hands freed memory back to the OS after half a second; each range of people
 # then faults in again what the previous one freed, which cost a quarter of a run's CPU time.
-# Kept for reuse instead (docs/performance.md); a _RJEM_MALLOC_CONF of the caller's own wins.
-os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
+# Kept for ten seconds instead, for the next range to reuse (docs/performance.md); a
+# _RJEM_MALLOC_CONF of the caller's own wins.
+os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:10000,muzzy_decay_ms:0")
 
 import click  # noqa: E402  (the allocator is configured before Polars is first imported)
 

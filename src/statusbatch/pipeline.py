@@ -277,7 +277,7 @@ def run_prepared(
         try:
             with _step(None):
                 previous = previous_statuses(con, as_of.day)
-            tallies, event_rejects, events_read = [], [workspace.rejected_rows], 0
+            tallies, event_rejects, events_read = None, [workspace.rejected_rows], 0
             for people in workspace.ranges:
                 with reporter.stage("load"):
                     inputs, events = workspace.share(people)
@@ -286,7 +286,9 @@ def run_prepared(
                 with reporter.stage("compute"), _step("internal error while computing"):
                     lazy = range_tables(inputs, config, as_of, prepared.rules)
                     computed = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
-                    tallies.append(computed.pop("study_tallies"))
+                    tallies = participants.summed_tallies(
+                        [computed.pop("study_tallies").lazy()] + ([tallies.lazy()] if tallies is not None else [])
+                    ).collect()
                     tables = {name: published_form(frame, as_of.day) for name, frame in computed.items()}
                     tables["status_changes"] = status_changes(tables["contact_status"], previous, as_of.day)
                 del inputs, events, lazy, computed
@@ -295,7 +297,7 @@ def run_prepared(
             with reporter.stage("compute"), _step("internal error while computing"):
                 rejected_rows = pl.concat(event_rejects, how="vertical")
                 progress = participants.study_progress(
-                    workspace.studies.lazy(), participants.summed_tallies([t.lazy() for t in tallies]), as_of.instant
+                    workspace.studies.lazy(), tallies.lazy(), as_of.instant
                 )
                 tables = {
                     "study_progress": published_form(progress.collect(), as_of.day),

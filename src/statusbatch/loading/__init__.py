@@ -10,7 +10,7 @@ import polars as pl
 from statusbatch import codes
 from statusbatch.loading.contract import INPUT_TABLES, TIMESTAMP, InputTable, input_table
 from statusbatch.loading.errors import InputError
-from statusbatch.loading.events import EventFile, EventsShare
+from statusbatch.loading.events import EventFile, EventsShare, repeated_keys
 from statusbatch.loading.partitions import PersonRange, person_ranges, range_count
 from statusbatch.loading.quarantine import REJECTED_ROWS_SCHEMA, ROW, Part, Quarantined, quarantine, typed
 from statusbatch.loading.readers import find_input_file, read_table_file, scan_table_file
@@ -151,10 +151,11 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     here, before any work; only an events file that fails midway can raise later.
     """
     files = {t.name: find_input_file(input_dir, t) for t in INPUT_TABLES}
+    events_scan = scan_table_file(files["events"], input_table("events"), row_index=ROW)
+    repeated = repeated_keys(files["events"], events_scan)
     raws = {
         name: read_table_file(path, input_table(name)) for name, path in files.items() if path is not None and name != "events"
     }
-    events_scan = scan_table_file(files["events"], input_table("events"), row_index=ROW)
 
     results: dict[str, Quarantined] = {}
     people_table = input_table("people")
@@ -197,7 +198,7 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
             },
         )
 
-    events = EventFile(files["events"], events_scan, check_events)
+    events = EventFile(files["events"], events_scan, repeated, check_events)
     results["events"] = events.repeated
     sequences = results["sequences"].accepted if "sequences" in results else _empty(input_table("sequences"))
     sequences = sequences.with_columns(

@@ -19,7 +19,7 @@ from statusbatch.loading.partitions import PersonRange
 from statusbatch.loading.quarantine import ROW, Quarantined, key_hash, repeated_hashes
 from statusbatch.loading.readers import collect_file
 
-__all__ = ["EventFile", "EventsShare"]
+__all__ = ["EventFile", "EventsShare", "RepeatedKeys", "repeated_keys"]
 
 Quarantine = Callable[[pl.DataFrame, PersonRange | None], Quarantined]
 """Checks a share of the events file (raw rows numbered in `ROW`). Given the range of people the
@@ -35,24 +35,41 @@ class EventsShare:
     rows_read: int
 
 
+@dataclass(frozen=True)
+class RepeatedKeys:
+    """Every row of the events file whose `event_id` hash occurs more than once, whole."""
+
+    rows: pl.DataFrame
+    file_rows: int
+
+
+def repeated_keys(path: Path, scan: pl.LazyFrame) -> RepeatedKeys:
+    """The first pass: every `event_id` hashed, the rows of repeated hashes read whole.
+
+    Run before the other tables are read, so that its 16 bytes per event are
+    freed before the people are held.
+    """
+    schema = scan.collect_schema()
+    hashed = key_hash([pl.col("event_id") if schema["event_id"] == pl.String else pl.col("event_id").cast(pl.String)])
+    hashes = collect_file(path, scan.select(hashed)).to_series()
+    repeated = repeated_hashes(hashes.to_numpy())
+    file_rows = hashes.len()
+    del hashes
+    return RepeatedKeys(collect_file(path, scan.filter(hashed.is_in(repeated.implode()))), file_rows)
+
+
 class EventFile:
     """The events file: its repeated keys settled up front, its other rows read per range of people."""
 
-    def __init__(self, path: Path, scan: pl.LazyFrame, check: Quarantine) -> None:
+    def __init__(self, path: Path, scan: pl.LazyFrame, repeated: RepeatedKeys, check: Quarantine) -> None:
         self.path = path
+        self.rows = repeated.file_rows
         self._scan = scan
         self._check = check
-        schema = scan.collect_schema()
         person_id = pl.col("person_id")
-        self._person_id = person_id if schema["person_id"] == pl.String else person_id.cast(pl.String)
-        hashed = key_hash([pl.col("event_id") if schema["event_id"] == pl.String else pl.col("event_id").cast(pl.String)])
-        hashes = collect_file(path, scan.select(hashed)).to_series().to_numpy()
-        self.rows = len(hashes)
-        repeated = repeated_hashes(hashes)
-        del hashes
-        candidates = collect_file(path, scan.filter(hashed.is_in(repeated.implode())))
-        self._repeated_rows = candidates.get_column(ROW)
-        self.repeated: Quarantined = check(candidates, None)
+        self._person_id = person_id if scan.collect_schema()["person_id"] == pl.String else person_id.cast(pl.String)
+        self._repeated_rows = repeated.rows.get_column(ROW)
+        self.repeated: Quarantined = check(repeated.rows, None)
         """The rows of every repeated key, checked together: counted once, not per range."""
 
     def share(self, people: PersonRange) -> EventsShare:

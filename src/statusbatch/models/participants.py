@@ -151,7 +151,7 @@ _TALLIES = [f"stage_{s}" for s in codes.STAGES] + ["participants", "interviews_b
 
 def summed_tallies(tallies: list[pl.LazyFrame]) -> pl.LazyFrame:
     """The tallies of the whole study from those of disjoint sets of people."""
-    return pl.concat(tallies).group_by("study_id").agg(pl.col(_TALLIES).sum())
+    return pl.concat([t.select("study_id", *_TALLIES) for t in tallies]).group_by("study_id").agg(pl.col(_TALLIES).sum())
 
 
 def study_progress(studies: pl.LazyFrame, tallies: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:

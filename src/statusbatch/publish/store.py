@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS run_inputs (
 )"""
 
 
+DUCKDB_MEMORY_LIMIT = "2GB"
+"""DuckDB keeps the blocks of a transaction's inserts cached up to its memory limit, by default
+80% of RAM: a run publishing tens of millions of rows in one transaction would grow by all of
+them. Above this limit DuckDB evicts the blocks it has already written to the file."""
+
+
 class DatabaseLockedError(Exception):
     """Another process holds the database file: nothing was written."""
 
@@ -92,7 +98,7 @@ def open_database(path: Path, lock_timeout: float, read_only: bool = False) -> I
     deadline = time.monotonic() + lock_timeout
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config={"memory_limit": DUCKDB_MEMORY_LIMIT})
             break
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower():
