@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import statusbatch.pipeline
-from statusbatch.loading import load_inputs, open_workspace
+from statusbatch.loading import InputError, Workspace, load_inputs, open_workspace
 from statusbatch.loading.partitions import PersonRange, person_ranges, range_count
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +112,8 @@ def _published(db: Path) -> dict[str, pl.DataFrame]:
     finally:
         con.close()
     frames["runs"] = frames["runs"].select("as_of", "outcome", "error")
-    frames["run_inputs"] = frames["run_inputs"].drop("run_id")
+    if "run_inputs" in frames:
+        frames["run_inputs"] = frames["run_inputs"].drop("run_id")
     return {name: frame.sort(pl.all(), nulls_last=True) for name, frame in frames.items()}
 
 
@@ -158,3 +159,24 @@ def test_a_failure_in_a_later_range_writes_nothing(tmp_path, monkeypatch):
     for name, frame in before.items():
         if name != "runs":
             assert frame.equals(after[name]), name
+
+
+def test_an_events_file_failing_midway_is_bad_input_and_writes_nothing(tmp_path, monkeypatch):
+    root = tmp_path / "ws"
+    root.mkdir()
+    job = _job(root, ROOT / "sample_data", 2000)
+    real = Workspace.share
+    shares = []
+
+    def unreadable_on_the_second_range(self, people):
+        shares.append(people)
+        if len(shares) == 2:
+            raise InputError("events.csv: unreadable file (simulated)")
+        return real(self, people)
+
+    monkeypatch.setattr(Workspace, "share", unreadable_on_the_second_range)
+    result = cli("run", str(job), "--as-of", "2026-03-31")
+    assert result.exit_code == 2 and "unreadable file (simulated)" in result.output
+    after = _published(root / "out.duckdb")
+    assert set(after) == {"runs"}
+    assert after["runs"].rows() == [(date(2026, 3, 31), "failed", "events.csv: unreadable file (simulated)")]

@@ -217,7 +217,7 @@ def run_job(
 
 
 class _Failed(Exception):
-    """A step of the run failed; `message` is what `runs.error` and the command line say."""
+    """A step of the run failed: its message is for the command line, `recorded` for `runs.error`."""
 
     def __init__(self, message: str, recorded: str) -> None:
         super().__init__(message)
@@ -286,9 +286,12 @@ def run_prepared(
                 with reporter.stage("compute"), _step("internal error while computing"):
                     lazy = range_tables(inputs, config, as_of, prepared.rules)
                     computed = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
-                    tallies = participants.summed_tallies(
-                        [computed.pop("study_tallies").lazy()] + ([tallies.lazy()] if tallies is not None else [])
-                    ).collect()
+                    range_tallies = computed.pop("study_tallies")
+                    tallies = (
+                        range_tallies
+                        if tallies is None
+                        else participants.summed_tallies([tallies.lazy(), range_tallies.lazy()]).collect()
+                    )
                     tables = {name: published_form(frame, as_of.day) for name, frame in computed.items()}
                     tables["status_changes"] = status_changes(tables["contact_status"], previous, as_of.day)
                 del inputs, events, lazy, computed
@@ -296,9 +299,7 @@ def run_prepared(
                 del tables
             with reporter.stage("compute"), _step("internal error while computing"):
                 rejected_rows = pl.concat(event_rejects, how="vertical")
-                progress = participants.study_progress(
-                    workspace.studies.lazy(), tallies.lazy(), as_of.instant
-                )
+                progress = participants.study_progress(workspace.studies.lazy(), tallies.lazy(), as_of.instant)
                 tables = {
                     "study_progress": published_form(progress.collect(), as_of.day),
                     "rejected_rows": published_form(rejected_rows, as_of.day),

@@ -116,15 +116,19 @@ class Workspace:
     """(rows read, rows rejected) per table; the events' cover their repeated keys only."""
     files: dict[str, Path]
     events: EventFile
+    rows_of: dict[PersonRange, tuple[tuple[int, int], tuple[int, int]]]
+    """Where each range's people and participants lie (offset, length): both are sorted by person
+    when there are several ranges, so a range's rows are a slice, not a filter of everyone's."""
 
     def share(self, people: PersonRange) -> tuple[ModelInputs, EventsShare]:
         """The model inputs of one range of people, and what happened to that range's events."""
-        events = self.events.share(people)
-        person_id = pl.col("person_id")
+        people_rows, participant_rows = self.rows_of[people]
+        own_people, own_participants = self.people.slice(*people_rows), self.participants.slice(*participant_rows)
+        events = self.events.share(people, own_people, own_participants)
         inputs = ModelInputs(
-            people=self.people.filter(people.holds(person_id)),
+            people=own_people,
             studies=self.studies,
-            participants=self.participants.filter(people.holds(person_id)),
+            participants=own_participants,
             sequences=self.sequences,
             event_logs=events.logs,
         )
@@ -175,23 +179,26 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     )
     if "sequences" in raws:
         results["sequences"] = quarantine(raws["sequences"], input_table("sequences"))
-    participants = results["participants"].accepted
-    people_ids = results["people"].accepted.select("person_id")
+    ranges = person_ranges(person_ids, range_count(repeated.file_rows, events_per_range))
+    people, participants = results["people"].accepted, results["participants"].accepted
+    if len(ranges) > 1:
+        people, participants = (frame.sort("person_id", maintain_order=True) for frame in (people, participants))
+    rows_of = {r: (_rows_in(people, r), _rows_in(participants, r)) for r in ranges}
 
-    def check_events(raw: pl.DataFrame, people: PersonRange | None) -> Quarantined:
+    def check_events(raw: pl.DataFrame, own: tuple[pl.DataFrame, pl.DataFrame] | None) -> Quarantined:
         """Events of one range of people are checked against that range's people and participants."""
-        in_range = people.holds(pl.col("person_id")) if people is not None else pl.lit(True)
+        own_people, own_participants = own if own is not None else (people, participants)
         return quarantine(
             raw,
             input_table("events"),
             extra_code_checks=event_code_checks(),
             reference_checks=[
-                reference_check("person_id", people_ids.filter(in_range).get_column("person_id"), "person"),
+                reference_check("person_id", own_people.get_column("person_id"), "person"),
                 reference_check("study_id", study_ids, "study"),
-                participant_reference_check(participants.filter(in_range)),
+                participant_reference_check(own_participants),
             ],
             exact_duplicates_allowed=True,
-            keys_unique=people is not None,
+            keys_unique=own is not None,
             split={
                 name: Part(typed("event_type").is_in(log.event_types), log.columns)
                 for name, log in codes.EVENT_LOGS.items()
@@ -209,16 +216,25 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
         [pl.DataFrame(schema=REJECTED_ROWS_SCHEMA)] + [q.rejected for q in results.values()], how="vertical"
     )
     return Workspace(
-        people=results["people"].accepted,
+        people=people,
         studies=results["studies"].accepted,
         participants=participants,
         sequences=sequences,
-        ranges=person_ranges(person_ids, range_count(events.rows, events_per_range)),
+        ranges=ranges,
         rejected_rows=rejected,
         counts={name: (q.rows_read, q.rejected.height) for name, q in results.items()},
         files={k: v for k, v in files.items() if v is not None},
         events=events,
+        rows_of=rows_of,
     )
+
+
+def _rows_in(frame: pl.DataFrame, people: PersonRange) -> tuple[int, int]:
+    """(offset, length) of the range's rows in a frame sorted by `person_id` (or of all, for one range)."""
+    ids = frame.get_column("person_id")
+    start = 0 if people.low is None else int(ids.search_sorted(people.low, side="left"))
+    end = ids.len() if people.high is None else int(ids.search_sorted(people.high, side="left"))
+    return start, end - start
 
 
 def load_inputs(input_dir: Path) -> Inputs:

@@ -21,9 +21,10 @@ from statusbatch.loading.readers import collect_file
 
 __all__ = ["EventFile", "EventsShare", "RepeatedKeys", "repeated_keys"]
 
-Quarantine = Callable[[pl.DataFrame, PersonRange | None], Quarantined]
-"""Checks a share of the events file (raw rows numbered in `ROW`). Given the range of people the
-share holds, it may look people up in that range only, and no key repeats in it."""
+Quarantine = Callable[[pl.DataFrame, tuple[pl.DataFrame, pl.DataFrame] | None], Quarantined]
+"""Checks a share of the events file (raw rows numbered in `ROW`). Given the people and
+participants of the range the share holds, it looks people up among those only, and no key
+repeats in it; given None, the share may hold anyone and repeated keys."""
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,13 @@ class EventFile:
         self.repeated: Quarantined = check(repeated.rows, None)
         """The rows of every repeated key, checked together: counted once, not per range."""
 
-    def share(self, people: PersonRange) -> EventsShare:
-        """The events of `people`, but for rows of repeated keys (settled in `repeated`, accepted ones added)."""
+    def share(self, people: PersonRange, own_people: pl.DataFrame, own_participants: pl.DataFrame) -> EventsShare:
+        """The events of `people` (whose rows are `own_people`, `own_participants`), but for rows of
+        repeated keys (settled in `repeated`, accepted ones added)."""
         wanted = people.holds(self._person_id)
         if self._repeated_rows.len():
             wanted = wanted & ~pl.col(ROW).is_in(self._repeated_rows.implode())
-        own = self._check(collect_file(self.path, self._scan.filter(wanted)), people)
+        own = self._check(collect_file(self.path, self._scan.filter(wanted)), (own_people, own_participants))
         logs = {
             name: pl.concat([log, self.repeated.parts[name].filter(people.holds(pl.col("person_id")))])
             for name, log in own.parts.items()

@@ -27,7 +27,6 @@ __all__ = [
     "RunRecord",
     "open_database",
     "previous_statuses",
-    "publish",
     "published_as_ofs",
     "record_run",
 ]
@@ -245,23 +244,6 @@ class Publication:
 
     def rollback(self) -> None:
         self._con.execute("ROLLBACK")
-
-
-def publish(
-    con: duckdb.DuckDBPyConnection,
-    tables: dict[str, pl.DataFrame],
-    run: RunRecord,
-    *,
-    keep_as_of: int,
-) -> None:
-    """Write every table, the run and its inputs in one transaction: all or nothing."""
-    publication = Publication(con, run.as_of, keep_as_of=keep_as_of)
-    try:
-        publication.append(tables)
-        publication.commit(run)
-    except BaseException:
-        publication.rollback()
-        raise
 
 
 def record_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
