@@ -27,6 +27,12 @@ participants of the range the share holds, it looks people up among those only, 
 repeats in it; given None, the share may hold anyone and repeated keys."""
 
 
+def _as_text(scan: pl.LazyFrame, name: str) -> pl.Expr:
+    """A raw column as the text its typed value is (a Parquet file may hold ids as numbers)."""
+    column = pl.col(name)
+    return column if scan.collect_schema()[name] == pl.String else column.cast(pl.String)
+
+
 @dataclass(frozen=True)
 class EventsShare:
     """The events of one range of people: accepted (cut into logs) and rejected."""
@@ -50,8 +56,7 @@ def repeated_keys(path: Path, scan: pl.LazyFrame) -> RepeatedKeys:
     Run before the other tables are read, so that its 16 bytes per event are
     freed before the people are held.
     """
-    schema = scan.collect_schema()
-    hashed = key_hash([pl.col("event_id") if schema["event_id"] == pl.String else pl.col("event_id").cast(pl.String)])
+    hashed = key_hash([_as_text(scan, "event_id")])
     hashes = collect_file(path, scan.select(hashed)).to_series()
     repeated = repeated_hashes(hashes.to_numpy())
     file_rows = hashes.len()
@@ -67,8 +72,7 @@ class EventFile:
         self.rows = repeated.file_rows
         self._scan = scan
         self._check = check
-        person_id = pl.col("person_id")
-        self._person_id = person_id if scan.collect_schema()["person_id"] == pl.String else person_id.cast(pl.String)
+        self._person_id = _as_text(scan, "person_id")
         self._repeated_rows = repeated.rows.get_column(ROW)
         self.repeated: Quarantined = check(repeated.rows, None)
         """The rows of every repeated key, checked together: counted once, not per range."""
