@@ -180,3 +180,15 @@ def test_an_events_file_failing_midway_is_bad_input_and_writes_nothing(tmp_path,
     after = _published(root / "out.duckdb")
     assert set(after) == {"runs"}
     assert after["runs"].rows() == [(date(2026, 3, 31), "failed", "events.csv: unreadable file (simulated)")]
+
+
+@pytest.mark.parametrize(("per_range", "reads"), [(0, 1), (2, 2)])
+def test_one_range_is_read_once_for_every_day_of_a_backfill(tmp_path, monkeypatch, per_range, reads):
+    write_inputs(tmp_path, people=PEOPLE, studies=[], participants=[], events=EVENTS)
+    workspace = open_workspace(tmp_path, per_range)
+    calls = []
+    real = type(workspace.events).share
+    monkeypatch.setattr(type(workspace.events), "share", lambda self, *args: calls.append(args[0]) or real(self, *args))
+    first = workspace.ranges[0]
+    assert workspace.share(first)[0].event_logs["messaging"].equals(workspace.share(first)[0].event_logs["messaging"])
+    assert len(calls) == reads

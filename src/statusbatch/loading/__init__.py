@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -119,9 +119,23 @@ class Workspace:
     rows_of: dict[PersonRange, tuple[tuple[int, int], tuple[int, int]]]
     """Where each range's people and participants lie (offset, length): both are sorted by person
     when there are several ranges, so a range's rows are a slice, not a filter of everyone's."""
+    _kept: dict[PersonRange, tuple[ModelInputs, EventsShare]] = field(default_factory=dict, repr=False, compare=False)
 
     def share(self, people: PersonRange) -> tuple[ModelInputs, EventsShare]:
-        """The model inputs of one range of people, and what happened to that range's events."""
+        """The model inputs of one range of people, and what happened to that range's events.
+
+        With a single range the share is read once and kept: a backfill computes
+        every day from it, as it did before ranges. Several ranges are read anew
+        each time, since keeping them all would undo what ranges are for.
+        """
+        if people in self._kept:
+            return self._kept[people]
+        share = self._read(people)
+        if len(self.ranges) == 1:
+            self._kept[people] = share
+        return share
+
+    def _read(self, people: PersonRange) -> tuple[ModelInputs, EventsShare]:
         people_rows, participant_rows = self.rows_of[people]
         own_people, own_participants = self.people.slice(*people_rows), self.participants.slice(*participant_rows)
         events = self.events.share(people, own_people, own_participants)
