@@ -10,6 +10,8 @@ import polars as pl
 import pytest
 from conftest import Workspace, event, naive, participant, person, study
 
+from statusbatch.loading import tables
+
 PEOPLE_CSV = """person_id,email,created_at,last_seen_on,age
 p1,p1@x.org,2026-01-01T00:00:00Z,2026-03-01,30
 p2,p2@x.org,2026-01-01T00:00:00Z,,31
@@ -95,8 +97,11 @@ EXPECTED_REJECTED = {
 }
 
 
-@pytest.fixture
-def bad_run(ws):
+@pytest.fixture(params=["lookup", "join"])
+def bad_run(ws, request, monkeypatch):
+    """Every bad row, with references checked by set lookup (small tables) and by join (large ones)."""
+    if request.param == "join":
+        monkeypatch.setattr(tables, "_LOOKUP_LIMIT", 0)
     ws.write(people=PEOPLE_CSV, studies=STUDIES_CSV, participants=PARTICIPANTS_CSV, events=EVENTS_CSV)
     ws.run()
     return ws
@@ -371,3 +376,17 @@ def test_a_ragged_csv_row_stops_the_run_as_an_unreadable_file(ws):
     result = ws.run(check=False)
     assert result.exit_code == 2 and "people.csv" in result.stderr
     assert not ws.db.exists()
+
+
+@pytest.mark.parametrize("known_people", [3, 1000])
+def test_reference_lookup_by_join_finds_exactly_the_unknown_keys(known_people):
+    """Fewer keys than known rows (the repeated event ids against everyone) and more (a range's events)."""
+    known = pl.DataFrame({"study_id": ["S1"] * known_people, "person_id": [f"p{i}" for i in range(known_people)]})
+    keys = pl.DataFrame(
+        {
+            "__position": pl.Series([0, 1, 2, 3, 4, 5], dtype=pl.UInt32),
+            "study_id": ["S1", "S2", "S1", None, "S1", "S1"],
+            "person_id": ["p1", "p1", "p2", "p1", "p9999", "p1"],
+        }
+    ).rename({"__position": tables.POSITION})
+    assert sorted(tables._unknown(keys, known).to_list()) == [1, 3, 4]

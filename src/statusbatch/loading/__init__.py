@@ -193,10 +193,12 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     )
     if "sequences" in raws:
         results["sequences"] = quarantine(raws["sequences"], input_table("sequences"))
-    ranges = person_ranges(person_ids, range_count(repeated.file_rows, events_per_range))
+    count = range_count(repeated.file_rows, events_per_range)
     people, participants = results["people"].accepted, results["participants"].accepted
-    if len(ranges) > 1:
+    if count > 1:
         people, participants = (frame.sort("person_id", maintain_order=True) for frame in (people, participants))
+    # the ids sorted once: person_ranges finds them sorted and unique (accepted people are)
+    ranges = person_ranges(people.get_column("person_id"), count)
     rows_of = {r: (_rows_in(people, r), _rows_in(participants, r)) for r in ranges}
 
     def check_events(raw: pl.DataFrame, own: tuple[pl.DataFrame, pl.DataFrame] | None) -> Quarantined:

@@ -43,7 +43,10 @@ def range_count(events: int, events_per_range: int) -> int:
 
 def person_ranges(person_ids: pl.Series, count: int) -> tuple[PersonRange, ...]:
     """`count` ranges of about as many people each, together holding every possible id once."""
-    ids = person_ids.drop_nulls().unique().sort()
+    ids = person_ids.drop_nulls()
+    if not ids.flags["SORTED_ASC"]:
+        ids = ids.sort()
+    ids = ids.filter(ids.ne_missing(ids.shift(1)))
     count = min(count, ids.len())
     if count <= 1:
         return (PersonRange(None, None),)

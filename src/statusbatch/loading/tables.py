@@ -51,37 +51,59 @@ def event_code_checks() -> list[Check]:
     ]
 
 
+_LOOKUP_LIMIT = 250_000
+"""Up to this many known values a reference is looked up with `is_in`, whose set is built on one
+thread; beyond it a join (parallel) is faster: 10M people took 5 s by `is_in`, 1.8 s by join."""
+
+
 def reference_check(column: str, known: pl.Series, what: str) -> Check:
     """`column`, when not null, must name an accepted row of another table."""
     value = typed(column)
-    return Check(
-        column,
-        value.is_not_null() & ~value.is_in(known.implode()),
-        pl.format("unknown {} '{}'", pl.lit(what), value),
-    )
+    problem = pl.format("unknown {} '{}'", pl.lit(what), value)
+    if known.len() <= _LOOKUP_LIMIT:
+        return Check(column, value.is_not_null() & ~value.is_in(known.implode()), problem)
+    known_keys = known.rename(column).to_frame()
+
+    def fails(frame: pl.DataFrame) -> pl.Series:
+        keys = frame.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(POSITION), value.alias(column))
+        return rows_marked(frame.height, _unknown(keys.filter(pl.col(column).is_not_null()), known_keys))
+
+    return Check(column, fails, problem)
 
 
 def participant_reference_check(participants: pl.DataFrame) -> Check:
     """A participant_status event needs the participant it changes.
 
-    Found with an anti-join over the participant_status events only, not a
-    row expression over the whole log.
+    Looked up over the participant_status events only, not a row expression
+    over the whole log.
     """
+    known = participants.select("study_id", "person_id")
 
     def fails(frame: pl.DataFrame) -> pl.Series:
-        orphans = (
+        keys = (
             frame.lazy()
             .with_row_index(POSITION)
             .filter(typed("event_type") == "participant_status")
             .select(POSITION, typed("study_id").alias("study_id"), typed("person_id").alias("person_id"))
-            .join(participants.lazy().select("study_id", "person_id"), on=["study_id", "person_id"], how="anti")
             .collect()
-            .get_column(POSITION)
         )
-        return rows_marked(frame.height, orphans)
+        return rows_marked(frame.height, _unknown(keys, known))
 
     return Check(
         "study_id",
         fails,
         pl.format("no participant for study '{}' and person '{}'", typed("study_id"), typed("person_id")),
     )
+
+
+def _unknown(keys: pl.DataFrame, known: pl.DataFrame) -> pl.Series:
+    """The `POSITION`s of `keys` rows whose key columns match no row of `known`.
+
+    A join builds its table on its right side, so a few keys are first matched
+    against many known rows (the checks of the events file's repeated keys
+    against everyone) rather than the other way round.
+    """
+    columns = known.columns
+    if keys.height < known.height:
+        known = known.join(keys.select(columns).unique(), on=columns, how="semi")
+    return keys.join(known, on=columns, how="anti").get_column(POSITION)
