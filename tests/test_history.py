@@ -329,7 +329,7 @@ def _pending(members: list[dict], events: list[dict], person_id: str, t: datetim
     return False
 
 
-@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=45, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workspaces())
 def test_history_at_any_instant_is_the_at_t_status(workspace):
     people, studies, members, events, job, probes = workspace
