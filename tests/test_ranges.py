@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import statusbatch.pipeline
 from statusbatch.loading import InputError, Workspace, load_inputs, open_workspace
 from statusbatch.loading.partitions import PersonRange, person_ranges, range_count
+from statusbatch.publish import store
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = st.text(alphabet="ab1", max_size=4)
@@ -117,11 +118,21 @@ def _published(db: Path) -> dict[str, pl.DataFrame]:
     return {name: frame.sort(pl.all(), nulls_last=True) for name, frame in frames.items()}
 
 
-def test_a_run_by_ranges_publishes_what_the_run_of_everyone_publishes(tmp_path):
+@pytest.fixture
+def small_row_groups(monkeypatch):
+    """Row groups of 5 rows, inserted 3 at a time: ranges' rows go in mid-run, cut inside a range's frame."""
+    monkeypatch.setattr(store, "ROW_GROUP_ROWS", 5)
+    monkeypatch.setattr(store, "INSERT_ROW_GROUPS", 3)
+
+
+def test_a_run_by_ranges_publishes_what_the_run_of_everyone_publishes(tmp_path, monkeypatch):
     outputs = {}
     for per_range in (0, 600):
         root = tmp_path / str(per_range)
         root.mkdir()
+        if per_range:
+            monkeypatch.setattr(store, "ROW_GROUP_ROWS", 5)
+            monkeypatch.setattr(store, "INSERT_ROW_GROUPS", 3)
         result = cli("run", str(_job(root, ROOT / "sample_data", per_range)), "--as-of", "2026-03-31")
         assert result.exit_code == 0, result.output
         outputs[per_range] = _published(root / "out.duckdb")
@@ -132,7 +143,7 @@ def test_a_run_by_ranges_publishes_what_the_run_of_everyone_publishes(tmp_path):
     assert outputs[0]["contact_status"].height > 200 and outputs[0]["rejected_rows"].height > 100
 
 
-def test_a_failure_in_a_later_range_writes_nothing(tmp_path, monkeypatch):
+def test_a_failure_in_a_later_range_writes_nothing(tmp_path, monkeypatch, small_row_groups):
     root = tmp_path / "ws"
     shutil.copytree(ROOT / "sample_data", root / "input")
     job = _job(root, root / "input", 2000)
