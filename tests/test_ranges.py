@@ -26,6 +26,7 @@ IDS = st.text(alphabet="ab1", max_size=4)
 @given(st.lists(IDS, max_size=30), st.integers(1, 8), st.lists(st.one_of(st.none(), IDS), max_size=30))
 def test_every_id_falls_in_exactly_one_range(people, count, probes):
     ranges = person_ranges(pl.Series(people, dtype=pl.String), count)
+    assert person_ranges(pl.Series(people, dtype=pl.String).sort(), count) == ranges  # already sorted: not sorted again
     assert 1 <= len(ranges) <= max(1, min(count, len(set(people))))
     probe = pl.DataFrame({"person_id": people + probes}, schema={"person_id": pl.String})
     held = probe.with_columns(

@@ -43,13 +43,16 @@ def range_count(events: int, events_per_range: int) -> int:
 
 def person_ranges(person_ids: pl.Series, count: int) -> tuple[PersonRange, ...]:
     """`count` ranges of about as many people each, together holding every possible id once."""
+    everyone = (PersonRange(None, None),)
+    if count <= 1:
+        return everyone
     ids = person_ids.drop_nulls()
     if not ids.flags["SORTED_ASC"]:
         ids = ids.sort()
     ids = ids.filter(ids.ne_missing(ids.shift(1)))
     count = min(count, ids.len())
     if count <= 1:
-        return (PersonRange(None, None),)
+        return everyone
     bounds: list[str | None] = [ids[i * ids.len() // count] for i in range(1, count)]
     edges = [None, *bounds, None]
     return tuple(PersonRange(low, high) for low, high in zip(edges, edges[1:], strict=False))
