@@ -97,8 +97,11 @@ EXPECTED_REJECTED = {
 }
 
 
-@pytest.fixture
-def bad_run(ws):
+@pytest.fixture(params=["lookup", "join"])
+def bad_run(ws, request, monkeypatch):
+    """Every bad row, with references checked by set lookup (small tables) and by join (large ones)."""
+    if request.param == "join":
+        monkeypatch.setattr(tables, "_LOOKUP_LIMIT", 0)
     ws.write(people=PEOPLE_CSV, studies=STUDIES_CSV, participants=PARTICIPANTS_CSV, events=EVENTS_CSV)
     ws.run()
     return ws
