@@ -65,8 +65,8 @@ def reference_check(column: str, known: pl.Series, what: str) -> Check:
     known_keys = known.rename(column).to_frame()
 
     def fails(frame: pl.DataFrame) -> pl.Series:
-        keys = frame.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias(POSITION), value.alias(column))
-        return rows_marked(frame.height, _unknown(keys.filter(pl.col(column).is_not_null()), known_keys))
+        keys = frame.lazy().with_row_index(POSITION).select(POSITION, value.alias(column)).drop_nulls(column).collect()
+        return rows_marked(frame.height, _unknown(keys, known_keys))
 
     return Check(column, fails, problem)
 
