@@ -149,8 +149,9 @@ def _clear(con: duckdb.DuckDBPyConnection, name: str, where: str, params: list) 
 
 def _append(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> bool:
     """Insert `frame` (creating the table or its new columns); True when the table was new."""
-    # one contiguous chunk per column: DuckDB's Arrow scan is up to twice as slow over many small chunks
-    con.register("frame", frame.rechunk().to_arrow())
+    # one contiguous chunk per column: DuckDB's Arrow scan is up to twice as slow over many small chunks;
+    # strings as Arrow views, Polars' own layout: the default (offsets) copied every string once more
+    con.register("frame", frame.rechunk().to_arrow(compat_level=pl.CompatLevel.newest()))
     try:
         created = _ensure_table(con, name)
         con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM frame')
