@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import statusbatch.pipeline
 from statusbatch.loading import InputError, Workspace, load_inputs, open_workspace
-from statusbatch.loading.partitions import PersonRange, person_ranges, range_count
+from statusbatch.loading.partitions import PersonRange, person_ranges, range_count, range_index
 from statusbatch.publish import store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +33,10 @@ def test_every_id_falls_in_exactly_one_range(people, count, probes):
         held=pl.sum_horizontal(r.holds(pl.col("person_id")).cast(pl.Int32) for r in ranges)
     ).get_column("held")
     assert held.to_list() == [1] * probe.height
+    holder = probe.with_columns(
+        holder=pl.coalesce(pl.when(r.holds(pl.col("person_id"))).then(pl.lit(i, pl.UInt32)) for i, r in enumerate(ranges))
+    ).get_column("holder")
+    assert range_index(ranges, probe.get_column("person_id")).to_list() == holder.to_list()
 
 
 def test_ranges_hold_about_as_many_people_each():
@@ -63,6 +67,13 @@ EVENTS = [
     event("e5", "nobody", "2026-03-01T00:00:00Z", "stopped"),
     event("", "p4", "2026-03-01T00:00:00Z", "stopped"),
     event("e6", "p6", "2026-03-03T00:00:00Z", "blocklist_added"),
+    # e7, e8: keys repeated within one person, settled by that person's range
+    event("e7", "p4", "2026-03-01T00:00:00Z", "frobbed"),
+    event("e7", "p4", "2026-03-02T00:00:00Z", "stopped"),
+    event("e8", "p2", "2026-03-01T00:00:00Z", "stopped"),
+    event("e8", "p2", "2026-03-02T00:00:00Z", "stopped"),
+    # a second missing id, in another range: missing, not a repeated key
+    event("", "p6", "2026-03-04T00:00:00Z", "stopped"),
 ]
 
 
@@ -88,13 +99,17 @@ def test_events_read_by_range_are_the_events_read_whole(tmp_path, per_range):
 
     accepted = whole.events.sort("event_id")
     assert accepted.select("event_id", "person_id").rows() == [
-        ("e1", "p1"), ("e2", "p5"), ("e3", "p3"), ("e4", "p4"), ("e6", "p6")
+        ("e1", "p1"), ("e2", "p5"), ("e3", "p3"), ("e4", "p4"), ("e6", "p6"), ("e7", "p4"), ("e8", "p2")
     ]
     events_rejected = whole.rejected_rows.filter(pl.col("source_table") == "events").sort("row_number")
     assert events_rejected.select("row_number", "column").rows() == [
-        (2, "event_id"), (3, "event_type"), (8, "person_id"), (9, "event_id")
+        (2, "event_id"), (3, "event_type"), (8, "person_id"), (9, "event_id"), (11, "event_type"), (14, "event_id"),
+        (15, "event_id"),
     ]
-    assert events_rejected.get_column("problem")[0] == "duplicate event_id (row 1 was kept)"
+    problems = dict(events_rejected.select("row_number", "problem").rows())
+    assert problems[2] == "duplicate event_id (row 1 was kept)"
+    assert problems[14] == "duplicate event_id (row 13 was kept)"
+    assert problems[15] == problems[9] == "missing required value"
 
 
 def _job(root: Path, input_dir: Path, per_range: int) -> Path:

@@ -201,7 +201,9 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     ranges = person_ranges(people.get_column("person_id"), count)
     rows_of = {r: (_rows_in(people, r), _rows_in(participants, r)) for r in ranges}
 
-    def check_events(raw: pl.DataFrame, own: tuple[pl.DataFrame, pl.DataFrame] | None) -> Quarantined:
+    def check_events(
+        raw: pl.DataFrame, own: tuple[pl.DataFrame, pl.DataFrame] | None, repeated_rows: pl.Series | None
+    ) -> Quarantined:
         """Events of one range of people are checked against that range's people and participants."""
         own_people, own_participants = own if own is not None else (people, participants)
         return quarantine(
@@ -214,14 +216,14 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
                 participant_reference_check(own_participants),
             ],
             exact_duplicates_allowed=True,
-            keys_unique=own is not None,
+            repeated_rows=repeated_rows,
             split={
                 name: Part(typed("event_type").is_in(log.event_types), log.columns)
                 for name, log in codes.EVENT_LOGS.items()
             },
         )
 
-    events = EventFile(files["events"], events_scan, repeated, check_events)
+    events = EventFile(files["events"], events_scan, repeated, check_events, ranges)
     results["events"] = events.repeated
     sequences = results["sequences"].accepted if "sequences" in results else _empty(input_table("sequences"))
     sequences = sequences.with_columns(

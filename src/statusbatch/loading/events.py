@@ -1,10 +1,12 @@
 """The events file, read one range of people at a time with the checks of SPEC §5 unchanged.
 
-Duplicate keys are the one check that spans ranges: an event id may repeat
+Duplicate keys are the one check that may span ranges: an event id may repeat
 anywhere in the file, under another person. A first pass hashes every
-`event_id`; the rows of repeated hashes are read whole and quarantined
-together (the first valid row wins, an exact duplicate counts once), and each
-range then reads its other rows, among which no key repeats.
+`event_id` and notes the row and person of each repeated hash. A key whose rows
+all fall in one range of people is settled by that range (the first valid row
+wins, an exact duplicate counts once), as every other check of a row depends on
+its range's people only; the rows of a hash that spans ranges are read whole
+and quarantined together up front, and the ranges read the rest.
 """
 
 from __future__ import annotations
@@ -15,16 +17,19 @@ from pathlib import Path
 
 import polars as pl
 
-from statusbatch.loading.partitions import PersonRange
+from statusbatch.loading.partitions import RANGE, PersonRange, range_index
 from statusbatch.loading.quarantine import ROW, Quarantined, key_hash, repeated_hashes
 from statusbatch.loading.readers import collect_file
 
 __all__ = ["EventFile", "EventsShare", "RepeatedKeys", "repeated_keys"]
 
-Quarantine = Callable[[pl.DataFrame, tuple[pl.DataFrame, pl.DataFrame] | None], Quarantined]
+Quarantine = Callable[[pl.DataFrame, tuple[pl.DataFrame, pl.DataFrame] | None, pl.Series | None], Quarantined]
 """Checks a share of the events file (raw rows numbered in `ROW`). Given the people and
-participants of the range the share holds, it looks people up among those only, and no key
-repeats in it; given None, the share may hold anyone and repeated keys."""
+participants of the range the share holds, it looks people up among those only, and only the
+rows given last (`ROW` numbers) may repeat a key; given None, None, the share may hold anyone
+and repeated keys anywhere."""
+
+_HASH = "__key_hash"
 
 
 def _as_text(scan: pl.LazyFrame, name: str) -> pl.Expr:
@@ -44,48 +49,72 @@ class EventsShare:
 
 @dataclass(frozen=True)
 class RepeatedKeys:
-    """Every row of the events file whose `event_id` hash occurs more than once, whole."""
+    """The rows of the events file whose `event_id` hash occurs more than once (`ROW`, the hash
+    and `person_id`; rows without an id are no key's and left out)."""
 
     rows: pl.DataFrame
     file_rows: int
 
 
 def repeated_keys(path: Path, scan: pl.LazyFrame) -> RepeatedKeys:
-    """The first pass: every `event_id` hashed, the rows of repeated hashes read whole.
+    """The first pass: every `event_id` hashed; the rows of repeated hashes located.
 
-    Run before the other tables are read, so that its 16 bytes per event are
-    freed before the people are held.
+    Run before the other tables are read, so that its 8 bytes per event are
+    freed before the people are held. Of the repeated rows only the person is
+    read then: most keys repeat within one person's events, and a range reads
+    those rows whole anyway.
     """
-    hashed = key_hash([_as_text(scan, "event_id")])
-    hashes = collect_file(path, scan.select(hashed)).to_series()
-    repeated = repeated_hashes(hashes.to_numpy())
-    file_rows = hashes.len()
-    del hashes
-    return RepeatedKeys(collect_file(path, scan.filter(hashed.is_in(repeated.implode()))), file_rows)
+    first = collect_file(
+        path,
+        scan.select(key_hash([_as_text(scan, "event_id")]).alias(_HASH), pl.col("event_id").is_not_null().alias("_id")),
+    )
+    repeated = repeated_hashes(first.get_column(_HASH).to_numpy())
+    # the pass keeps the file's order: row i (from 0) is ROW i + 1
+    located = first.with_row_index(ROW, offset=1).filter(pl.col(_HASH).is_in(repeated.implode()) & pl.col("_id"))
+    file_rows = first.height
+    del first
+    persons = scan.filter(pl.col(ROW).is_in(located.get_column(ROW).implode())).select(
+        ROW, _as_text(scan, "person_id").alias("person_id")
+    )
+    persons = collect_file(path, persons if located.height else persons.head(0))
+    return RepeatedKeys(located.select(ROW, _HASH).join(persons, on=ROW, how="left", maintain_order="left"), file_rows)
 
 
 class EventFile:
-    """The events file: its repeated keys settled up front, its other rows read per range of people."""
+    """The events file: keys repeated across ranges settled up front, its other rows read per range of people."""
 
-    def __init__(self, path: Path, scan: pl.LazyFrame, repeated: RepeatedKeys, check: Quarantine) -> None:
+    def __init__(
+        self,
+        path: Path,
+        scan: pl.LazyFrame,
+        repeated: RepeatedKeys,
+        check: Quarantine,
+        ranges: tuple[PersonRange, ...],
+    ) -> None:
         self.path = path
         self.rows = repeated.file_rows
         self._scan = scan
         self._check = check
         self._person_id = _as_text(scan, "person_id")
-        self._repeated_rows = repeated.rows.get_column(ROW)
-        self.repeated: Quarantined = check(repeated.rows, None)
-        """The rows of every repeated key, checked together: counted once, not per range."""
+        placed = repeated.rows.with_columns(range_index(ranges, repeated.rows.get_column("person_id")))
+        spans = pl.col(RANGE).n_unique().over(_HASH) > 1
+        self._spanning = placed.filter(spans).get_column(ROW)
+        self._within = {r: placed.filter(~spans & (pl.col(RANGE) == i)).get_column(ROW) for i, r in enumerate(ranges)}
+        spanning = scan.filter(pl.col(ROW).is_in(self._spanning.implode())) if self._spanning.len() else scan.head(0)
+        self.repeated: Quarantined = check(collect_file(path, spanning), None, None)
+        """The rows of every key repeated across ranges, checked together: counted once, not per range."""
 
     def share(self, people: PersonRange, own_people: pl.DataFrame, own_participants: pl.DataFrame) -> EventsShare:
         """The events of `people` (whose rows are `own_people`, `own_participants`), but for rows of
-        repeated keys (settled in `repeated`, accepted ones added)."""
+        keys repeated across ranges (settled in `repeated`, accepted ones added)."""
         wanted = people.holds(self._person_id)
-        if self._repeated_rows.len():
-            wanted = wanted & ~pl.col(ROW).is_in(self._repeated_rows.implode())
-        own = self._check(collect_file(self.path, self._scan.filter(wanted)), (own_people, own_participants))
-        logs = {
-            name: pl.concat([log, self.repeated.parts[name].filter(people.holds(pl.col("person_id")))])
-            for name, log in own.parts.items()
-        }
+        if self._spanning.len():
+            wanted = wanted & ~pl.col(ROW).is_in(self._spanning.implode())
+        own = self._check(
+            collect_file(self.path, self._scan.filter(wanted)), (own_people, own_participants), self._within[people]
+        )
+        logs = {}
+        for name, log in own.parts.items():
+            settled = self.repeated.parts[name].filter(people.holds(pl.col("person_id")))
+            logs[name] = pl.concat([log, settled]) if settled.height else log
         return EventsShare(logs=logs, rejected=own.rejected, rows_read=own.rows_read)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-__all__ = ["PersonRange", "person_ranges", "range_count"]
+__all__ = ["RANGE", "PersonRange", "person_ranges", "range_count", "range_index"]
+
+RANGE = "__range"
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,11 @@ def person_ranges(person_ids: pl.Series, count: int) -> tuple[PersonRange, ...]:
     bounds: list[str | None] = [ids[i * ids.len() // count] for i in range(1, count)]
     edges = [None, *bounds, None]
     return tuple(PersonRange(low, high) for low, high in zip(edges, edges[1:], strict=False))
+
+
+def range_index(ranges: tuple[PersonRange, ...], person_ids: pl.Series) -> pl.Series:
+    """`RANGE`: the position in `ranges` (consecutive, as `person_ranges` cuts them) of the range
+    that holds each id; a null id is the first range's, as `PersonRange.holds` says."""
+    bounds = pl.Series([r.low for r in ranges[1:]], dtype=pl.String)
+    index = bounds.search_sorted(person_ids, side="right").cast(pl.UInt32)
+    return index.zip_with(person_ids.is_not_null(), pl.Series([0], dtype=pl.UInt32)).alias(RANGE)

@@ -245,7 +245,7 @@ def quarantine(
     reference_checks: list[Check] = (),
     extra_columns: dict[str, pl.Expr] | None = None,
     exact_duplicates_allowed: bool = False,
-    keys_unique: bool = False,
+    repeated_rows: pl.Series | None = None,
     split: Mapping[str, Part] | None = None,
 ) -> Quarantined:
     """Split a file's rows into accepted (contract dtypes) and rejected rows.
@@ -256,9 +256,10 @@ def quarantine(
     the accepted rows come as those parts instead of one frame.
 
     A `raw` holding a `ROW` column is a share of a file, numbered by the file's
-    rows; otherwise its rows are numbered from 1. With `keys_unique` the caller
-    vouches that no key occurs twice (the file's repeated keys were set apart
-    and are quarantined together), so the duplicate search is skipped.
+    rows; otherwise its rows are numbered from 1. With `repeated_rows` (`ROW`
+    numbers) the caller vouches that no other row's key occurs twice (it found
+    the file's repeated keys), so the duplicate search looks at those rows only;
+    without, every key is hashed to find them.
 
     `raw` is let go of as soon as it is parsed (callers pass it without keeping
     a reference), so that memory holds one copy of a large file, not two.
@@ -283,12 +284,18 @@ def quarantine(
     frame = frame.with_columns(**computed) if computed else frame
     fails = [pl.col(f"__fails_{i}") if callable(c.fails) else c.fails for i, c in enumerate(checks)]
     frame = frame.with_columns(pl.any_horizontal(fails).fill_null(False).alias(_BAD) if fails else pl.lit(False).alias(_BAD))
-    if keys_unique:
+    if repeated_rows is not None and repeated_rows.len() == 0:
         frame = frame.with_columns(
             pl.lit(None, dtype=pl.Int64).alias("__kept_row"), pl.lit(False).alias("__exact_duplicate")
         )
     else:
-        frame = _with_duplicate_checks(frame, table, raw_columns, exact_duplicates_allowed)
+        key = [typed(k) for k in table.key]
+        maybe = (
+            _maybe_repeated(frame, key)
+            if repeated_rows is None
+            else pl.col(ROW).is_in(repeated_rows.cast(pl.Int64).implode())
+        )
+        frame = _with_duplicate_checks(frame, key, maybe, raw_columns, exact_duplicates_allowed)
     checks.append(_duplicate_check(table))
 
     bad = frame.filter(pl.col(_BAD) | pl.col("__kept_row").is_not_null()).with_columns(
@@ -376,18 +383,17 @@ def _maybe_repeated(frame: pl.DataFrame, key: list[pl.Expr]) -> pl.Expr:
 
 
 def _with_duplicate_checks(
-    frame: pl.DataFrame, table: InputTable, raw_columns: list[str], exact_duplicates_allowed: bool
+    frame: pl.DataFrame, key: list[pl.Expr], maybe: pl.Expr, raw_columns: list[str], exact_duplicates_allowed: bool
 ) -> pl.DataFrame:
     """Mark later rows of a key: the first row that passed every other check wins.
 
     Adds `__kept_row` (the winner's row number, on a conflicting row) and
-    `__exact_duplicate`. Only rows whose key occurs more than once need window
-    work, so it runs on that (usually tiny) part and is mapped back by row
+    `__exact_duplicate`. Only rows whose key may occur more than once (`maybe`)
+    need window work, so it runs on that (usually tiny) part and is mapped back by row
     number without copying the file. Rows are compared field by field, never
     by hash: a conflicting row can't pass for an exact duplicate.
     """
-    key = [typed(k) for k in table.key]
-    many = frame.filter(_maybe_repeated(frame, key))
+    many = frame.filter(maybe)
     passing = ~pl.col(_BAD)
     winner = pl.col(ROW).filter(passing).min().over(key)
     later = passing & (pl.col(ROW) != winner)
