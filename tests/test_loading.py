@@ -11,6 +11,7 @@ import pytest
 from conftest import Workspace, event, naive, participant, person, study
 
 from statusbatch.loading import tables
+from statusbatch.loading.quarantine import ROW, _positions_of
 
 PEOPLE_CSV = """person_id,email,created_at,last_seen_on,age
 p1,p1@x.org,2026-01-01T00:00:00Z,2026-03-01,30
@@ -390,3 +391,11 @@ def test_reference_lookup_by_join_finds_exactly_the_unknown_keys(known_people):
         }
     ).rename({"__position": tables.POSITION})
     assert sorted(tables._unknown(keys, known).to_list()) == [1, 3, 4]
+
+
+@pytest.mark.parametrize(("numbers", "positions"), [([2, 5, 7, 9], [0, 3]), ([5, 2, 9, 7], [1, 2]), ([], [])])
+def test_rows_are_found_by_number_in_file_order_or_not(numbers, positions):
+    """A share in file order is searched; any other order is looked up; rows it lacks are none of its."""
+    frame = pl.DataFrame({ROW: numbers}, schema={ROW: pl.Int64})
+    found = _positions_of(frame, pl.Series([9, 2, 4], dtype=pl.UInt32))
+    assert found.to_list() == positions

@@ -290,11 +290,7 @@ def quarantine(
         )
     else:
         key = [typed(k) for k in table.key]
-        maybe = (
-            _maybe_repeated(frame, key)
-            if repeated_rows is None
-            else pl.col(ROW).is_in(repeated_rows.cast(pl.Int64).implode())
-        )
+        maybe = _maybe_repeated(frame, key) if repeated_rows is None else _positions_of(frame, repeated_rows)
         frame = _with_duplicate_checks(frame, key, maybe, raw_columns, exact_duplicates_allowed)
     checks.append(_duplicate_check(table))
 
@@ -376,24 +372,36 @@ def key_hash(key: list[pl.Expr]) -> pl.Expr:
     return (pl.struct(key) if len(key) > 1 else key[0]).hash(seed=0)
 
 
-def _maybe_repeated(frame: pl.DataFrame, key: list[pl.Expr]) -> pl.Expr:
-    """Rows whose key hash occurs more than once: every repeated key, and rarely a collision."""
+def _maybe_repeated(frame: pl.DataFrame, key: list[pl.Expr]) -> pl.Series:
+    """Positions of the rows whose key hash occurs more than once: every repeated key, and rarely a collision."""
     hashed = key_hash(key)
-    return hashed.is_in(repeated_hashes(frame.select(hashed).to_series().to_numpy()).implode())
+    repeated = repeated_hashes(frame.select(hashed).to_series().to_numpy())
+    return frame.select(pl.arg_where(hashed.is_in(repeated.implode()))).to_series()
+
+
+def _positions_of(frame: pl.DataFrame, rows: pl.Series) -> pl.Series:
+    """Positions of the rows numbered `rows` (`ROW`): a binary search when the frame is in file order, as
+    a share read from a file is, rather than a lookup per row."""
+    numbers = frame.get_column(ROW)
+    rows = rows.cast(numbers.dtype).sort()
+    if numbers.is_sorted():
+        at = numbers.search_sorted(rows).clip(0, max(numbers.len() - 1, 0)).cast(pl.UInt32)
+        return at.filter(numbers.gather(at) == rows) if numbers.len() else at.clear()
+    return frame.select(pl.arg_where(pl.col(ROW).is_in(rows.implode()))).to_series()
 
 
 def _with_duplicate_checks(
-    frame: pl.DataFrame, key: list[pl.Expr], maybe: pl.Expr, raw_columns: list[str], exact_duplicates_allowed: bool
+    frame: pl.DataFrame, key: list[pl.Expr], maybe: pl.Series, raw_columns: list[str], exact_duplicates_allowed: bool
 ) -> pl.DataFrame:
     """Mark later rows of a key: the first row that passed every other check wins.
 
     Adds `__kept_row` (the winner's row number, on a conflicting row) and
-    `__exact_duplicate`. Only rows whose key may occur more than once (`maybe`)
-    need window work, so it runs on that (usually tiny) part and is mapped back by row
-    number without copying the file. Rows are compared field by field, never
+    `__exact_duplicate`. Only rows whose key may occur more than once (at
+    positions `maybe`) need window work, so it runs on that (usually tiny) part
+    and is scattered back by position, without a lookup per row of the file. Rows are compared field by field, never
     by hash: a conflicting row can't pass for an exact duplicate.
     """
-    many = frame.filter(maybe)
+    many = frame[maybe].with_columns(maybe.alias(POSITION))
     passing = ~pl.col(_BAD)
     winner = pl.col(ROW).filter(passing).min().over(key)
     later = passing & (pl.col(ROW) != winner)
@@ -402,13 +410,12 @@ def _with_duplicate_checks(
         exact = later & content.eq_missing(content.filter(passing).first().over(key))
     else:
         exact = pl.lit(False)
-    outcome = many.select(ROW, later.alias("later"), exact.alias("exact"), winner.alias("__kept_row")).filter("later")
-    exact_rows = outcome.filter("exact").get_column(ROW)
+    outcome = many.select(POSITION, later.alias("later"), exact.alias("exact"), winner.alias("__kept_row")).filter("later")
     conflicts = outcome.filter(~pl.col("exact"))
-    kept = pl.col(ROW).replace_strict(
-        conflicts.get_column(ROW), conflicts.get_column("__kept_row"), default=None, return_dtype=pl.Int64
-    )
+    kept = pl.repeat(None, frame.height, dtype=pl.Int64, eager=True)
+    if conflicts.height:
+        kept = kept.scatter(conflicts.get_column(POSITION), conflicts.get_column("__kept_row"))
     return frame.with_columns(
-        pl.col(ROW).is_in(exact_rows.implode()).alias("__exact_duplicate"),
+        rows_marked(frame.height, outcome.filter("exact").get_column(POSITION)).alias("__exact_duplicate"),
         kept.alias("__kept_row"),
     )
