@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 from conftest import Workspace, event, naive, participant, person, study
 
-from statusbatch.loading import tables
+from statusbatch.loading import _property_columns, tables
+from statusbatch.loading.contract import input_table
 from statusbatch.loading.quarantine import ROW, _positions_of
 
 PEOPLE_CSV = """person_id,email,created_at,last_seen_on,age
@@ -399,3 +400,26 @@ def test_rows_are_found_by_number_in_file_order_or_not(numbers, positions):
     frame = pl.DataFrame({ROW: numbers}, schema={ROW: pl.Int64})
     found = _positions_of(frame, pl.Series([9, 2, 4], dtype=pl.UInt32))
     assert found.to_list() == positions
+
+
+def test_property_columns_are_typed_only_when_every_value_fits():
+    """§7.7: one value that does not fit keeps the column text, wherever it is (first or last)."""
+    raw = pl.DataFrame(
+        {
+            "person_id": ["p1", "p2", "p3"],
+            "flag": [" True", "false", None],
+            "count": ["1", " 2 ", None],
+            "ratio": ["1", "2.5", None],
+            "late_text": ["1", "2", "x"],
+            "late_flag": ["true", "false", "maybe"],
+            "first_text": ["x", "1", "2"],
+            "empty": [None, None, None],
+        },
+        schema_overrides={"empty": pl.String},
+    )
+    typed = raw.select(**_property_columns(raw, input_table("people")))
+    assert dict(typed.schema) == {
+        "flag": pl.Boolean, "count": pl.Int64, "ratio": pl.Float64, "late_text": pl.String,
+        "late_flag": pl.String, "first_text": pl.String, "empty": pl.Null,
+    }
+    assert typed.select("flag", "count", "ratio").rows() == [(True, 1, 1.0), (False, 2, 2.5), (None, None, None)]

@@ -79,19 +79,23 @@ def _inferred(name: str, values: pl.Series) -> pl.Expr:
     column = pl.col(name)
     if values.dtype != pl.String:
         return column
-    present = values.drop_nulls().str.strip_chars()
+    present = values.drop_nulls()
     if present.len() == 0:
         return pl.lit(None, dtype=pl.Null)
-    lowered = present.str.to_lowercase()
-    if lowered.is_in(["true", "false"]).all():
+    text = pl.first().str.strip_chars()
+    if _holds_for_every(present, text.str.to_lowercase().is_in(["true", "false"])):
         return column.str.strip_chars().str.to_lowercase() == "true"
-    as_int = present.str.to_integer(strict=False)
-    if as_int.null_count() == 0:
+    if _holds_for_every(present, text.str.to_integer(strict=False).is_not_null()):
         return column.str.strip_chars().str.to_integer()
-    as_float = present.cast(pl.Float64, strict=False)
-    if as_float.null_count() == 0:
+    if _holds_for_every(present, text.cast(pl.Float64, strict=False).is_not_null()):
         return column.str.strip_chars().cast(pl.Float64)
     return column
+
+
+def _holds_for_every(values: pl.Series, test: pl.Expr) -> bool:
+    """Whether `test` holds for every value. The first value is tried alone first: text columns
+    (names, codes) fail there, without a pass over a million rows."""
+    return all(frame.select(test.all()).item() for frame in (values.head(1).to_frame(), values.to_frame()))
 
 
 def _empty(table: InputTable) -> pl.DataFrame:
