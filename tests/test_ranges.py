@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import statusbatch.pipeline
 from statusbatch.loading import InputError, Workspace, load_inputs, open_workspace
+from statusbatch.loading import events as events_module
 from statusbatch.loading.partitions import PersonRange, person_ranges, range_count, range_index
 from statusbatch.publish import store
 
@@ -81,8 +82,11 @@ def _sorted(frame: pl.DataFrame, *by: str) -> pl.DataFrame:
     return frame.sort(by, nulls_last=True)
 
 
+@pytest.mark.parametrize("block_rows", [65_536, 2])
 @pytest.mark.parametrize("per_range", [1, 2, 4])
-def test_events_read_by_range_are_the_events_read_whole(tmp_path, per_range):
+def test_events_read_by_range_are_the_events_read_whole(tmp_path, monkeypatch, per_range, block_rows):
+    """With blocks of 2 rows a range's people lie in several runs of blocks, read as several slices."""
+    monkeypatch.setattr(events_module, "BLOCK_ROWS", block_rows)
     write_inputs(tmp_path, people=PEOPLE, studies=[], participants=[], events=EVENTS)
     whole = load_inputs(tmp_path)
     workspace = open_workspace(tmp_path, per_range)
@@ -149,6 +153,7 @@ def test_a_run_by_ranges_publishes_what_the_run_of_everyone_publishes(tmp_path, 
         if per_range:
             monkeypatch.setattr(store, "ROW_GROUP_ROWS", 5)
             monkeypatch.setattr(store, "INSERT_ROW_GROUPS", 3)
+            monkeypatch.setattr(events_module, "BLOCK_ROWS", 100)  # ranges read as slices of the file
         result = cli("run", str(_job(root, ROOT / "sample_data", per_range)), "--as-of", "2026-03-31")
         assert result.exit_code == 0, result.output
         outputs[per_range] = _published(root / "out.duckdb")
@@ -219,3 +224,16 @@ def test_one_range_is_read_once_for_every_day_of_a_backfill(tmp_path, monkeypatc
     first = workspace.ranges[0]
     assert workspace.share(first)[0].event_logs["messaging"].equals(workspace.share(first)[0].event_logs["messaging"])
     assert len(calls) == reads
+
+
+def test_a_range_reads_the_runs_of_blocks_that_hold_its_people():
+    ranges = (PersonRange(None, "b"), PersonRange("b", None))
+    placement = pl.DataFrame(
+        {"__block": [0, 0, 1, 3, 3, 4, 5], "person_id": ["a", "c", "a", "a", "c", "c", None]},
+        schema={"__block": pl.UInt32, "person_id": pl.String},
+    )
+    block = events_module.BLOCK_ROWS
+    assert events_module._spans(placement, ranges) == {
+        ranges[0]: [(0, 2 * block), (3 * block, block), (5 * block, block)],  # a null person is the first range's
+        ranges[1]: [(0, block), (3 * block, 2 * block)],
+    }

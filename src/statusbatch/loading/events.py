@@ -47,13 +47,22 @@ class EventsShare:
     rows_read: int
 
 
+BLOCK_ROWS = 65_536
+"""The events file is planned in blocks of rows: a range of people reads the runs of blocks that
+hold its people. Row-group statistics cannot stand in for this: a few rows out of person order
+(unknown people's ids) spread a row group's min and max over most ranges."""
+_BLOCK = "__block"
+
+
 @dataclass(frozen=True)
 class RepeatedKeys:
     """The rows of the events file whose `event_id` hash occurs more than once (`ROW`, the hash
-    and `person_id`; rows without an id are no key's and left out)."""
+    and `person_id`; rows without an id are no key's and left out), and where everyone's rows are."""
 
     rows: pl.DataFrame
     file_rows: int
+    placement: pl.DataFrame
+    """The people with rows in each block of `BLOCK_ROWS` rows (`_BLOCK`, `person_id`), once each."""
 
 
 def repeated_keys(path: Path, scan: pl.LazyFrame) -> RepeatedKeys:
@@ -77,7 +86,30 @@ def repeated_keys(path: Path, scan: pl.LazyFrame) -> RepeatedKeys:
         ROW, _as_text(scan, "person_id").alias("person_id")
     )
     persons = collect_file(path, persons if located.height else persons.head(0))
-    return RepeatedKeys(located.select(ROW, _HASH).join(persons, on=ROW, how="left", maintain_order="left"), file_rows)
+    placement = collect_file(
+        path, scan.select(((pl.col(ROW) - 1) // BLOCK_ROWS).alias(_BLOCK), _as_text(scan, "person_id").alias("person_id")).unique()
+    )
+    return RepeatedKeys(
+        located.select(ROW, _HASH).join(persons, on=ROW, how="left", maintain_order="left"), file_rows, placement
+    )
+
+
+def _spans(placement: pl.DataFrame, ranges: tuple[PersonRange, ...]) -> dict[PersonRange, list[tuple[int, int]]]:
+    """Each range's runs of blocks holding its people, as (offset, length) in rows."""
+    blocks = placement.with_columns(range_index(ranges, placement.get_column("person_id"))).select(_BLOCK, RANGE)
+    step = (pl.col(_BLOCK) != pl.col(_BLOCK).shift(1) + 1) | (pl.col(RANGE) != pl.col(RANGE).shift(1))
+    runs = (
+        blocks.unique()
+        .sort(RANGE, _BLOCK)
+        .with_columns(step.fill_null(True).cum_sum().alias("_run"))
+        .group_by(RANGE, "_run")
+        .agg(pl.col(_BLOCK).min().alias("_first"), pl.col(_BLOCK).max().alias("_last"))
+        .sort(RANGE, "_first")
+    )
+    spans: dict[PersonRange, list[tuple[int, int]]] = {r: [] for r in ranges}
+    for index, first, last in runs.select(RANGE, "_first", "_last").iter_rows():  # noqa: rows-ok (one row per run of blocks)
+        spans[ranges[index]].append((first * BLOCK_ROWS, (last - first + 1) * BLOCK_ROWS))
+    return spans
 
 
 class EventFile:
@@ -96,6 +128,7 @@ class EventFile:
         self._scan = scan
         self._check = check
         self._person_id = _as_text(scan, "person_id")
+        self._spans = _spans(repeated.placement, ranges) if len(ranges) > 1 else {}
         placed = repeated.rows.with_columns(range_index(ranges, repeated.rows.get_column("person_id")))
         spans = pl.col(RANGE).n_unique().over(_HASH) > 1
         self._spanning = placed.filter(spans).get_column(ROW)
@@ -110,8 +143,12 @@ class EventFile:
         wanted = people.holds(self._person_id)
         if self._spanning.len():
             wanted = wanted & ~pl.col(ROW).is_in(self._spanning.implode())
+        source = self._scan
+        if self._spans:
+            spans = self._spans[people]
+            source = pl.concat([self._scan.slice(*span) for span in spans]) if spans else self._scan.head(0)
         own = self._check(
-            collect_file(self.path, self._scan.filter(wanted)), (own_people, own_participants), self._within[people]
+            collect_file(self.path, source.filter(wanted)), (own_people, own_participants), self._within[people]
         )
         logs = {}
         for name, log in own.parts.items():
