@@ -10,7 +10,7 @@ import polars as pl
 from statusbatch import codes
 from statusbatch.loading.contract import INPUT_TABLES, TIMESTAMP, InputTable, input_table
 from statusbatch.loading.errors import InputError
-from statusbatch.loading.events import EventFile, EventsShare, repeated_keys
+from statusbatch.loading.events import EventFile, EventsShare, first_pass
 from statusbatch.loading.partitions import PersonRange, person_ranges, range_count
 from statusbatch.loading.quarantine import REJECTED_ROWS_SCHEMA, ROW, Part, Quarantined, quarantine, typed
 from statusbatch.loading.readers import find_input_file, read_table_file, scan_table_file
@@ -174,7 +174,7 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     """
     files = {t.name: find_input_file(input_dir, t) for t in INPUT_TABLES}
     events_scan = scan_table_file(files["events"], input_table("events"), row_index=ROW)
-    repeated = repeated_keys(files["events"], events_scan)
+    first = first_pass(files["events"], events_scan)
     raws = {
         name: read_table_file(path, input_table(name)) for name, path in files.items() if path is not None and name != "events"
     }
@@ -197,7 +197,7 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     )
     if "sequences" in raws:
         results["sequences"] = quarantine(raws["sequences"], input_table("sequences"))
-    count = range_count(repeated.file_rows, events_per_range)
+    count = range_count(first.file_rows, events_per_range)
     people, participants = results["people"].accepted, results["participants"].accepted
     if count > 1:
         people, participants = (frame.sort("person_id", maintain_order=True) for frame in (people, participants))
@@ -227,7 +227,7 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
             },
         )
 
-    events = EventFile(files["events"], events_scan, repeated, check_events, ranges)
+    events = EventFile(files["events"], events_scan, first, check_events, ranges)
     results["events"] = events.repeated
     sequences = results["sequences"].accepted if "sequences" in results else _empty(input_table("sequences"))
     sequences = sequences.with_columns(

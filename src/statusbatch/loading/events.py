@@ -21,7 +21,7 @@ from statusbatch.loading.partitions import RANGE, PersonRange, range_index
 from statusbatch.loading.quarantine import ROW, Quarantined, key_hash, repeated_hashes
 from statusbatch.loading.readers import collect_file
 
-__all__ = ["EventFile", "EventsShare", "RepeatedKeys", "repeated_keys"]
+__all__ = ["EventFile", "EventsShare", "FirstPass", "first_pass"]
 
 Quarantine = Callable[[pl.DataFrame, tuple[pl.DataFrame, pl.DataFrame] | None, pl.Series | None], Quarantined]
 """Checks a share of the events file (raw rows numbered in `ROW`). Given the people and
@@ -55,18 +55,19 @@ _BLOCK = "__block"
 
 
 @dataclass(frozen=True)
-class RepeatedKeys:
-    """The rows of the events file whose `event_id` hash occurs more than once (`ROW`, the hash
-    and `person_id`; rows without an id are no key's and left out), and where everyone's rows are."""
+class FirstPass:
+    """What the open stage learns of the events file before the other tables are read."""
 
-    rows: pl.DataFrame
+    repeated: pl.DataFrame
+    """The rows whose `event_id` hash occurs more than once (`ROW`, the hash and `person_id`;
+    rows without an id are no key's and left out)."""
     file_rows: int
     placement: pl.DataFrame
     """The people with rows in each block of `BLOCK_ROWS` rows (`_BLOCK`, `person_id`), once each."""
 
 
-def repeated_keys(path: Path, scan: pl.LazyFrame) -> RepeatedKeys:
-    """The first pass: every `event_id` hashed; the rows of repeated hashes located.
+def first_pass(path: Path, scan: pl.LazyFrame) -> FirstPass:
+    """Every `event_id` hashed and the rows of repeated hashes located; the people of every block.
 
     Run before the other tables are read, so that its 8 bytes per event are
     freed before the people are held. Of the repeated rows only the person is
@@ -89,7 +90,7 @@ def repeated_keys(path: Path, scan: pl.LazyFrame) -> RepeatedKeys:
     placement = collect_file(
         path, scan.select(((pl.col(ROW) - 1) // BLOCK_ROWS).alias(_BLOCK), _as_text(scan, "person_id").alias("person_id")).unique()
     )
-    return RepeatedKeys(
+    return FirstPass(
         located.select(ROW, _HASH).join(persons, on=ROW, how="left", maintain_order="left"), file_rows, placement
     )
 
@@ -119,20 +120,22 @@ class EventFile:
         self,
         path: Path,
         scan: pl.LazyFrame,
-        repeated: RepeatedKeys,
+        first: FirstPass,
         check: Quarantine,
         ranges: tuple[PersonRange, ...],
     ) -> None:
         self.path = path
-        self.rows = repeated.file_rows
+        self.rows = first.file_rows
         self._scan = scan
         self._check = check
         self._person_id = _as_text(scan, "person_id")
-        self._spans = _spans(repeated.placement, ranges) if len(ranges) > 1 else {}
-        placed = repeated.rows.with_columns(range_index(ranges, repeated.rows.get_column("person_id")))
-        spans = pl.col(RANGE).n_unique().over(_HASH) > 1
-        self._spanning = placed.filter(spans).get_column(ROW)
-        self._within = {r: placed.filter(~spans & (pl.col(RANGE) == i)).get_column(ROW) for i, r in enumerate(ranges)}
+        self._spans = _spans(first.placement, ranges) if len(ranges) > 1 else {}
+        placed = first.repeated.with_columns(range_index(ranges, first.repeated.get_column("person_id")))
+        across_ranges = pl.col(RANGE).n_unique().over(_HASH) > 1
+        self._spanning = placed.filter(across_ranges).get_column(ROW)
+        self._within = {
+            r: placed.filter(~across_ranges & (pl.col(RANGE) == i)).get_column(ROW) for i, r in enumerate(ranges)
+        }
         spanning = scan.filter(pl.col(ROW).is_in(self._spanning.implode())) if self._spanning.len() else scan.head(0)
         self.repeated: Quarantined = check(collect_file(path, spanning), None, None)
         """The rows of every key repeated across ranges, checked together: counted once, not per range."""
