@@ -16,6 +16,9 @@ from hypothesis import strategies as st
 import statusbatch.pipeline
 from statusbatch.loading import InputError, Workspace, load_inputs, open_workspace
 from statusbatch.loading import events as events_module
+from statusbatch.loading.contract import input_table
+from statusbatch.loading.quarantine import ROW
+from statusbatch.loading.readers import scan_table_file
 from statusbatch.loading.partitions import PersonRange, person_ranges, range_count, range_index
 from statusbatch.publish import store
 
@@ -237,3 +240,12 @@ def test_a_range_reads_the_runs_of_blocks_that_hold_its_people():
         ranges[0]: [(0, 2 * block), (3 * block, block), (5 * block, block)],  # a null person is the first range's
         ranges[1]: [(0, block), (3 * block, 2 * block)],
     }
+
+
+@pytest.mark.parametrize(("per_range", "planned"), [(0, False), (100, False), (2, True)])
+def test_only_a_file_of_several_ranges_is_planned_in_blocks(tmp_path, per_range, planned):
+    write_inputs(tmp_path, people=PEOPLE, studies=[], participants=[], events=EVENTS)
+    path = tmp_path / "events.csv"
+    first = events_module.first_pass(path, scan_table_file(path, input_table("events"), row_index=ROW), per_range)
+    assert (first.placement is not None) == planned
+    assert first.file_rows == len(EVENTS)

@@ -174,7 +174,7 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     """
     files = {t.name: find_input_file(input_dir, t) for t in INPUT_TABLES}
     events_scan = scan_table_file(files["events"], input_table("events"), row_index=ROW)
-    first = first_pass(files["events"], events_scan)
+    first = first_pass(files["events"], events_scan, events_per_range)
     raws = {
         name: read_table_file(path, input_table(name)) for name, path in files.items() if path is not None and name != "events"
     }

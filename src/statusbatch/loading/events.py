@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from statusbatch.loading.partitions import RANGE, PersonRange, range_index
+from statusbatch.loading.partitions import RANGE, PersonRange, range_count, range_index
 from statusbatch.loading.quarantine import ROW, Quarantined, key_hash, repeated_hashes
 from statusbatch.loading.readers import collect_file
 
@@ -62,12 +62,14 @@ class FirstPass:
     """The rows whose `event_id` hash occurs more than once (`ROW`, the hash and `person_id`;
     rows without an id are no key's and left out)."""
     file_rows: int
-    placement: pl.DataFrame
-    """The people with rows in each block of `BLOCK_ROWS` rows (`_BLOCK`, `person_id`), once each."""
+    placement: pl.DataFrame | None
+    """The people with rows in each block of `BLOCK_ROWS` rows (`_BLOCK`, `person_id`), once each;
+    None when the file makes one range of people, which reads it whole."""
 
 
-def first_pass(path: Path, scan: pl.LazyFrame) -> FirstPass:
-    """Every `event_id` hashed and the rows of repeated hashes located; the people of every block.
+def first_pass(path: Path, scan: pl.LazyFrame, events_per_range: int) -> FirstPass:
+    """Every `event_id` hashed and the rows of repeated hashes located; the people of each block,
+    when the file makes several ranges.
 
     Run before the other tables are read, so that its 8 bytes per event are
     freed before the people are held. Of the repeated rows only the person is
@@ -87,9 +89,10 @@ def first_pass(path: Path, scan: pl.LazyFrame) -> FirstPass:
         ROW, _as_text(scan, "person_id").alias("person_id")
     )
     persons = collect_file(path, persons if located.height else persons.head(0))
-    placement = collect_file(
-        path, scan.select(((pl.col(ROW) - 1) // BLOCK_ROWS).alias(_BLOCK), _as_text(scan, "person_id").alias("person_id")).unique()
-    )
+    placement = None
+    if range_count(file_rows, events_per_range) > 1:
+        blocks = scan.select(((pl.col(ROW) - 1) // BLOCK_ROWS).alias(_BLOCK), _as_text(scan, "person_id").alias("person_id"))
+        placement = collect_file(path, blocks.unique())
     return FirstPass(
         located.select(ROW, _HASH).join(persons, on=ROW, how="left", maintain_order="left"), file_rows, placement
     )
@@ -129,7 +132,7 @@ class EventFile:
         self._scan = scan
         self._check = check
         self._person_id = _as_text(scan, "person_id")
-        self._spans = _spans(first.placement, ranges) if len(ranges) > 1 else {}
+        self._spans = _spans(first.placement, ranges) if first.placement is not None and len(ranges) > 1 else {}
         placed = first.repeated.with_columns(range_index(ranges, first.repeated.get_column("person_id")))
         across_ranges = pl.col(RANGE).n_unique().over(_HASH) > 1
         self._spanning = placed.filter(across_ranges).get_column(ROW)

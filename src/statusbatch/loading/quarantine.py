@@ -398,8 +398,9 @@ def _with_duplicate_checks(
     Adds `__kept_row` (the winner's row number, on a conflicting row) and
     `__exact_duplicate`. Only rows whose key may occur more than once (at
     positions `maybe`) need window work, so it runs on that (usually tiny) part
-    and is scattered back by position, without a lookup per row of the file. Rows are compared field by field, never
-    by hash: a conflicting row can't pass for an exact duplicate.
+    and is scattered back by position, without a lookup per row of the file.
+    Rows are compared field by field, never by hash: a conflicting row can't
+    pass for an exact duplicate.
     """
     many = frame[maybe].with_columns(maybe.alias(POSITION))
     passing = ~pl.col(_BAD)
