@@ -3,7 +3,7 @@
 Hypothesis draws small workspaces (a few people and studies, random openings
 and closings, participants, research events with ties in time and random event
 ids, random cooldown/limit/no-show settings) and a random T, runs them through
-load_inputs + compute_tables, and compares every row with reference_contact.
+load_inputs + contact_models (the contact status a run computes), and compares every row with reference_contact.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from reference_contact import Config, Limit, contact_row
 
 from statusbatch.config import load_job
 from statusbatch.loading import load_inputs
-from statusbatch.pipeline import compute_tables, dnc_rules, parse_as_of
+from statusbatch.pipeline import contact_models, dnc_rules, parse_as_of
 
 UTC = timezone.utc
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -195,7 +195,7 @@ def engine_rows(people, studies, participants, events, config, as_of) -> dict[st
         job = load_job(root / "job.toml")
         inputs = load_inputs(job.job.input)
         assert inputs.rejected_rows.height == 0, inputs.rejected_rows
-        frame = compute_tables(inputs, job, parse_as_of(as_of), dnc_rules(job, inputs.people))["contact_status"].collect()
+        frame = contact_models(inputs, job, parse_as_of(as_of), dnc_rules(job, inputs.people)).contact_status.collect()
     return {r["person_id"]: r for r in frame.iter_rows(named=True)}
 
 

@@ -14,14 +14,14 @@ from hypothesis import strategies as st
 from statusbatch.config import load_job
 from statusbatch.loading import Inputs, load_inputs
 from statusbatch.models import contact, facts, history, participants
-from statusbatch.pipeline import compute_tables, parse_as_of
+from statusbatch.pipeline import contact_models, parse_as_of
 
 UTC = timezone.utc
 OPEN = None  # valid_to of the current interval
 
 
 def timelines(inputs: Inputs, job_file: Path, as_of: datetime) -> tuple[pl.LazyFrame, history.ComponentTimelines]:
-    """people at T and the component timelines, prepared as compute_tables prepares the at-T models."""
+    """people at T and the component timelines, prepared as a run prepares the at-T models."""
     config = load_job(job_file)
     people = facts.people_as_of(inputs.people.lazy(), as_of)
     members = facts.participants_as_of(inputs.participants.lazy(), people, as_of)
@@ -344,7 +344,7 @@ def test_history_at_any_instant_is_the_at_t_status(workspace):
         points = [*probes, *found.get_column("valid_from").to_list()]
         probes = sorted({*points, *(p - timedelta(microseconds=1) for p in points)})
         for t in probes:
-            at_t = compute_tables(inputs, config, parse_as_of(t.isoformat()), {})["contact_status"].collect()
+            at_t = contact_models(inputs, config, parse_as_of(t.isoformat()), {}).contact_status.collect()
             expected = dict(zip(at_t.get_column("person_id"), at_t.get_column("contact_status").cast(pl.String), strict=True))
             current = found.filter((pl.col("valid_from") <= t) & (pl.col("valid_to").is_null() | (pl.col("valid_to") > t)))
             got = dict(zip(current.get_column("person_id"), current.get_column("contact_status").cast(pl.String), strict=True))

@@ -24,10 +24,12 @@ from statusbatch.validation import validate_tables
 
 __all__ = [
     "AsOf",
+    "ContactModels",
     "Prepared",
     "RunFailed",
     "RunSummary",
     "compute_tables",
+    "contact_models",
     "default_as_of",
     "parse_as_of",
     "prepare",
@@ -81,24 +83,29 @@ def _once(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.collect().lazy()
 
 
-def range_tables(
-    inputs: ModelInputs, config: JobConfig, as_of: AsOf, rules: dict[str, pl.Expr]
-) -> dict[str, pl.LazyFrame]:
-    """Every per-person result table of one range of people, as lazy queries, and the range's `study_tallies`."""
+@dataclass(frozen=True)
+class ContactModels:
+    """The at-T research facts a contact status is made of, and that status: several tables read them."""
+
+    people: pl.LazyFrame
+    research_events: pl.LazyFrame
+    observations: pl.LazyFrame
+    participant_status: pl.LazyFrame
+    opt_outs: pl.LazyFrame
+    cooldowns: pl.LazyFrame
+    contact_status: pl.LazyFrame
+
+
+def contact_models(inputs: ModelInputs, config: JobConfig, as_of: AsOf, rules: dict[str, pl.Expr]) -> ContactModels:
+    """The contact status of one range of people as of T, with the intermediates other tables share."""
     t = as_of.instant
     people = _once(facts.people_as_of(inputs.people.lazy(), t))
     studies = inputs.studies.lazy()
     members = facts.participants_as_of(inputs.participants.lazy(), people, t)
-    # left lazy: each reader filters as it scans, so no as-of copy of the logs is held through the run
-    research_events, messaging_events = (
-        facts.events_as_of(inputs.event_logs[name].lazy(), inputs.people.lazy(), t) for name in ("research", "messaging")
-    )
-
+    # left lazy: each reader filters as it scans, so no as-of copy of the log is held through the run
+    research_events = facts.events_as_of(inputs.event_logs["research"].lazy(), inputs.people.lazy(), t)
     observations = _once(participants.participant_observations(members, research_events, t))
     participant_status = _once(participants.participant_status(members, observations))
-    timelines = history.component_timelines(
-        people, research_events, observations, studies, config.cooldown, config.blocklist.no_show_threshold
-    ).materialized()
     starts = contact.cooldown_starts(research_events, observations, config.cooldown)
     cooldowns = _once(contact.cooldowns(starts, t, as_of.day))
     opt_outs = _once(contact.opt_out_changes(research_events, observations))
@@ -110,12 +117,26 @@ def range_tables(
         contact.do_not_contact(people, research_events, rules),
         cooldowns,
     ))
+    return ContactModels(people, research_events, observations, participant_status, opt_outs, cooldowns, contact_status)
+
+
+def range_tables(
+    inputs: ModelInputs, config: JobConfig, as_of: AsOf, rules: dict[str, pl.Expr]
+) -> dict[str, pl.LazyFrame]:
+    """Every per-person result table of one range of people, as lazy queries, and the range's `study_tallies`."""
+    t = as_of.instant
+    c = contact_models(inputs, config, as_of, rules)
+    people, research_events, observations = c.people, c.research_events, c.observations
+    messaging_events = facts.events_as_of(inputs.event_logs["messaging"].lazy(), inputs.people.lazy(), t)
+    timelines = history.component_timelines(
+        people, research_events, observations, inputs.studies.lazy(), config.cooldown, config.blocklist.no_show_threshold
+    ).materialized()
     # the machine reads the whole log (it applies T itself, so no filtered copy of 11M events);
     # the pairs of people not yet created are dropped from its results
     sequence = sequences.sequence_machine(
         inputs.event_logs["sequence"].lazy(),
         inputs.sequences.lazy(),
-        opt_outs,
+        c.opt_outs,
         as_of=t,
         ooo_resume_days=config.sequences.ooo_resume_days,
     )
@@ -124,12 +145,12 @@ def range_tables(
     )
     messaging = channel.channel_machine(people, messaging_events, as_of=t)
     channel_status = _once(messaging.status)
-    active_people = contact_status.filter(pl.col("active_in_study")).select("person_id")
+    active_people = c.contact_status.filter(pl.col("active_in_study")).select("person_id")
     return {
-        "contact_status": contact_status,
-        "participant_status": participant_status,
-        "study_tallies": participants.study_tallies(participant_status, observations),
-        "cooldowns": cooldowns,
+        "contact_status": c.contact_status,
+        "participant_status": c.participant_status,
+        "study_tallies": participants.study_tallies(c.participant_status, observations),
+        "cooldowns": c.cooldowns,
         "sequence_status": sequence_status,
         "channel_status": channel_status,
         "archival_candidates": channel.archival_candidates(
