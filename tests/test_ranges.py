@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import date
 from pathlib import Path
 
@@ -215,6 +216,47 @@ def test_an_events_file_failing_midway_is_bad_input_and_writes_nothing(tmp_path,
     after = _published(root / "out.duckdb")
     assert set(after) == {"runs"}
     assert after["runs"].rows() == [(date(2026, 3, 31), "failed", "events.csv: unreadable file (simulated)")]
+
+
+class _Shares:
+    """A stand-in workspace whose shares are their range's name; it notes each read as it starts."""
+
+    def __init__(self, ranges: tuple[str, ...], failing: str | None = None) -> None:
+        self.ranges, self.failing, self.started = ranges, failing, []
+
+    def share(self, people: str) -> str:
+        self.started.append(people)
+        if people == self.failing:
+            raise InputError(f"{people}: unreadable (simulated)")
+        return people
+
+
+def _started_soon(shares: _Shares, count: int) -> list[str]:
+    deadline = time.monotonic() + 5
+    while len(shares.started) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # time enough for a read that should not start
+    return list(shares.started)
+
+
+def test_ranges_are_read_in_order_one_ahead_of_the_one_computed():
+    workspace = _Shares(("a", "b", "c"))
+    shares = statusbatch.pipeline._read_ahead(workspace)
+    assert next(shares) == "a"
+    assert _started_soon(workspace, 2) == ["a", "b"]  # b is read while a is computed, c not yet
+    assert next(shares) == "b"
+    assert _started_soon(workspace, 3) == ["a", "b", "c"]
+    assert list(shares) == ["c"]
+    assert statusbatch.pipeline._read_ahead(_Shares(("everyone",))).__next__() == "everyone"
+
+
+def test_a_range_that_fails_to_read_fails_when_its_turn_comes():
+    workspace = _Shares(("a", "b", "c"), failing="b")
+    shares = statusbatch.pipeline._read_ahead(workspace)
+    assert next(shares) == "a"
+    with pytest.raises(InputError, match="b: unreadable"):
+        next(shares)
+    assert workspace.started == ["a", "b"]
 
 
 @pytest.mark.parametrize(("per_range", "reads"), [(0, 1), (2, 2)])

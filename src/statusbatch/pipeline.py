@@ -15,7 +15,7 @@ import polars as pl
 from statusbatch import __version__
 from statusbatch.config import JobConfig
 from statusbatch.config.conditions import compile_condition, condition_schema
-from statusbatch.loading import InputError, ModelInputs, Workspace, open_workspace
+from statusbatch.loading import EventsShare, InputError, ModelInputs, Workspace, open_workspace
 from statusbatch.models import channel, contact, facts, governance, history, participants, sequences
 from statusbatch.progress import Reporter
 from statusbatch.publish.parquet import export_parquet
@@ -299,25 +299,26 @@ def run_prepared(
             with _step(None):
                 previous = previous_statuses(con, as_of.day)
             tallies, event_rejects, events_read = None, [workspace.rejected_rows], 0
-            for people in workspace.ranges:
-                with reporter.stage("load"):
-                    inputs, events = workspace.share(people)
-                event_rejects.append(events.rejected)
-                events_read += events.rows_read
-                with reporter.stage("compute"), _step("internal error while computing"):
-                    lazy = range_tables(inputs, config, as_of, prepared.rules)
-                    computed = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
-                    range_tallies = computed.pop("study_tallies")
-                    tallies = (
-                        range_tallies
-                        if tallies is None
-                        else participants.summed_tallies([tallies.lazy(), range_tallies.lazy()]).collect()
-                    )
-                    tables = {name: published_form(frame, as_of.day) for name, frame in computed.items()}
-                    tables["status_changes"] = status_changes(tables["contact_status"], previous, as_of.day)
-                del inputs, events, lazy, computed
-                writer.submit(tables)
-                del tables
+            with contextlib.closing(_read_ahead(workspace)) as shares:
+                for _ in workspace.ranges:
+                    with reporter.stage("load"):
+                        inputs, events = next(shares)
+                    event_rejects.append(events.rejected)
+                    events_read += events.rows_read
+                    with reporter.stage("compute"), _step("internal error while computing"):
+                        lazy = range_tables(inputs, config, as_of, prepared.rules)
+                        computed = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
+                        range_tallies = computed.pop("study_tallies")
+                        tallies = (
+                            range_tallies
+                            if tallies is None
+                            else participants.summed_tallies([tallies.lazy(), range_tallies.lazy()]).collect()
+                        )
+                        tables = {name: published_form(frame, as_of.day) for name, frame in computed.items()}
+                        tables["status_changes"] = status_changes(tables["contact_status"], previous, as_of.day)
+                    del inputs, events, lazy, computed
+                    writer.submit(tables)
+                    del tables
             with reporter.stage("compute"), _step("internal error while computing"):
                 rejected_rows = pl.concat(event_rejects, how="vertical")
                 progress = participants.study_progress(workspace.studies.lazy(), tallies.lazy(), as_of.instant)
@@ -351,6 +352,21 @@ def run_prepared(
         )
     )
     return RunSummary(run_id, as_of, dict(rows), tables["run_inputs"].drop("run_id"))
+
+
+def _read_ahead(workspace: Workspace) -> Iterator[tuple[ModelInputs, EventsShare]]:
+    """Each range's share in turn, the next one read on a thread of its own while this one is
+    computed: reading is Polars work that lets go of the GIL, so load and compute stop taking turns
+    on the cores. One range is read ahead, no more (memory)."""
+    ranges = workspace.ranges
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="statusbatch-reader") as reader:
+        ahead = reader.submit(workspace.share, ranges[0])
+        for following in ranges[1:]:
+            share = ahead.result()
+            ahead = reader.submit(workspace.share, following)
+            yield share
+            del share
+        yield ahead.result()
 
 
 class _Writer:
