@@ -247,7 +247,7 @@ def test_ranges_are_read_in_order_one_ahead_of_the_one_computed():
     assert next(shares) == "b"
     assert _started_soon(workspace, 3) == ["a", "b", "c"]
     assert list(shares) == ["c"]
-    assert statusbatch.pipeline._read_ahead(_Shares(("everyone",))).__next__() == "everyone"
+    assert list(statusbatch.pipeline._read_ahead(_Shares(("everyone",)))) == ["everyone"]
 
 
 def test_a_range_that_fails_to_read_fails_when_its_turn_comes():

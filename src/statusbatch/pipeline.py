@@ -365,7 +365,7 @@ def _read_ahead(workspace: Workspace) -> Iterator[tuple[ModelInputs, EventsShare
             share = ahead.result()
             ahead = reader.submit(workspace.share, following)
             yield share
-            del share
+            del share  # not held while the next one is awaited
         yield ahead.result()
 
 
