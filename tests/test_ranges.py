@@ -274,14 +274,44 @@ def test_one_range_is_read_once_for_every_day_of_a_backfill(tmp_path, monkeypatc
 def test_a_range_reads_the_runs_of_blocks_that_hold_its_people():
     ranges = (PersonRange(None, "b"), PersonRange("b", None))
     placement = pl.DataFrame(
-        {"__block": [0, 0, 1, 3, 3, 4, 5], "person_id": ["a", "c", "a", "a", "c", "c", None]},
+        {
+            "__block": [0, 0, 1, 3, 3, 4, 4, 5, 6, 6, 7, 8],
+            "person_id": ["a", "c", "a", "a", "c", "c", "A", None, "a", "z", "z", "y"],
+        },
         schema={"__block": pl.UInt32, "person_id": pl.String},
     )
+    strays = events_module.stray_homes(placement, ranges, pl.Series(["a", "c"]))
+    # unknown ids go with the first known person of their first block; alone in a block, they keep their place
+    assert strays.sort("person_id").rows() == [("A", 1), ("y", 1), ("z", 0)]
     block = events_module.BLOCK_ROWS
-    assert events_module._spans(placement, ranges) == {
-        ranges[0]: [(0, 2 * block), (3 * block, block), (5 * block, block)],  # a null person is the first range's
-        ranges[1]: [(0, block), (3 * block, 2 * block)],
+    assert events_module._spans(events_module.placed(placement, ranges, strays), ranges) == {
+        ranges[0]: [(0, 2 * block), (3 * block, block), (5 * block, 3 * block)],  # a null person is the first range's
+        ranges[1]: [(0, block), (3 * block, 2 * block), (8 * block, block)],
     }
+
+
+def test_unknown_people_strewn_through_the_file_do_not_make_a_range_read_it_all(tmp_path, monkeypatch):
+    """Ids of nobody sorting after every person's, one per block: each range still reads its own blocks."""
+    monkeypatch.setattr(events_module, "BLOCK_ROWS", 4)
+    people = [person(f"p{i:02d}") for i in range(12)]
+    events = []
+    for i in range(12):
+        events += [event(f"e{i}-{k}", f"p{i:02d}", "2026-03-01T00:00:00Z", "stopped") for k in range(3)]
+        events.append(event(f"x{i}", f"z{i:02d}", "2026-03-01T00:00:00Z", "stopped"))
+    events.append(event("x0", "p11", "2026-03-02T00:00:00Z", "stopped"))  # a stray's key repeated in another range
+    write_inputs(tmp_path, people=people, studies=[], participants=[], events=events)
+    whole = load_inputs(tmp_path)
+    workspace = open_workspace(tmp_path, 16)
+    assert len(workspace.ranges) == 4
+    read = sum(length for spans in workspace.events._spans.values() for _, length in spans)
+    assert read <= len(events) + 3 * 4  # at most a block shared at each of the 3 cuts
+    shares = [workspace.share(r)[1] for r in workspace.ranges]
+    rejected = pl.concat([workspace.rejected_rows, *[share.rejected for share in shares]])
+    assert _sorted(rejected, "row_number").equals(_sorted(whole.rejected_rows, "row_number"))
+    assert rejected.get_column("problem").str.starts_with("unknown person").all() and rejected.height == 12
+    assert sum(share.rows_read for share in shares) + 2 == len(events)  # the two rows of x0 are settled up front
+    accepted = pl.concat([share.logs["messaging"] for share in shares])
+    assert accepted.filter(pl.col("event_id") == "x0").get_column("person_id").to_list() == ["p11"]
 
 
 @pytest.mark.parametrize(("per_range", "planned"), [(0, False), (100, False), (2, True)])

@@ -227,7 +227,7 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
             },
         )
 
-    events = EventFile(files["events"], events_scan, first, check_events, ranges)
+    events = EventFile(files["events"], events_scan, first, check_events, ranges, people.get_column("person_id"))
     results["events"] = events.repeated
     sequences = results["sequences"].accepted if "sequences" in results else _empty(input_table("sequences"))
     sequences = sequences.with_columns(

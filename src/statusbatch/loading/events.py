@@ -52,6 +52,10 @@ BLOCK_ROWS = 65_536
 hold its people. Row-group statistics cannot stand in for this: a few rows out of person order
 (unknown people's ids) spread a row group's min and max over most ranges."""
 _BLOCK = "__block"
+_HOME = "__home"
+_FEW = 16
+"""The ids of a range in a block are few, and looked up among the people, when they are one or under a 16th of the block's."""
+_NO_STRAYS = pl.DataFrame(schema={"person_id": pl.String, RANGE: pl.UInt32})
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,48 @@ def first_pass(path: Path, scan: pl.LazyFrame, events_per_range: int) -> FirstPa
     )
 
 
-def _spans(placement: pl.DataFrame, ranges: tuple[PersonRange, ...]) -> dict[PersonRange, list[tuple[int, int]]]:
-    """Each range's runs of blocks holding its people, as (offset, length) in rows."""
-    blocks = placement.with_columns(range_index(ranges, placement.get_column("person_id"))).select(_BLOCK, RANGE)
+def stray_homes(placement: pl.DataFrame, ranges: tuple[PersonRange, ...], people: pl.Series) -> pl.DataFrame:
+    """The range that reads the rows of each stray id, one no accepted person has (`person_id`, `RANGE`).
+
+    Such a row is rejected (unknown person) by whichever range reads it, so it
+    is read by a range whose blocks it lies in: the first range with people in
+    the id's first block. Placed by its id instead, a few unknown ids sorting
+    after every real one, strewn through a file in person order, would have the
+    last range read nearly every block. Only the ids that are few in their
+    block among their range's are looked up: any id may be read by its own
+    range, so one left where it sorts costs time, never a row. Null ids stay
+    the first range's.
+    """
+    placed = placement.with_columns(range_index(ranges, placement.get_column("person_id"))).with_columns(
+        ((pl.len().over(_BLOCK, RANGE) == 1) | (pl.len().over(_BLOCK, RANGE) * _FEW < pl.len().over(_BLOCK))).alias("_few")
+    )
+    candidates = placed.filter(pl.col("_few")).drop_nulls("person_id")
+    known = people.rename("person_id").to_frame().join(candidates.select("person_id").unique(), on="person_id", how="semi")
+    people_in_block = pl.concat([placed.filter(~pl.col("_few")), candidates.join(known, on="person_id", how="semi")])
+    homes = people_in_block.group_by(_BLOCK).agg(pl.col(RANGE).min().alias(_HOME))
+    return (
+        candidates.join(known, on="person_id", how="anti")
+        .join(homes, on=_BLOCK, how="left")
+        .group_by("person_id")
+        .agg(pl.coalesce(_HOME, RANGE).sort_by(_BLOCK).first().alias(RANGE))
+    )
+
+
+def placed(frame: pl.DataFrame, ranges: tuple[PersonRange, ...], strays: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with the `RANGE` that reads each row: its person's, or its stray id's home."""
+    frame = frame.with_columns(range_index(ranges, frame.get_column("person_id")))
+    if strays.height == 0:
+        return frame
+    return (
+        frame.join(strays.rename({RANGE: _HOME}), on="person_id", how="left", maintain_order="left")
+        .with_columns(pl.coalesce(_HOME, RANGE).alias(RANGE))
+        .drop(_HOME)
+    )
+
+
+def _spans(blocks: pl.DataFrame, ranges: tuple[PersonRange, ...]) -> dict[PersonRange, list[tuple[int, int]]]:
+    """Each range's runs of the blocks holding rows it reads (`_BLOCK`, `RANGE`), as (offset, length) in rows."""
+    blocks = blocks.select(_BLOCK, RANGE)
     step = (pl.col(_BLOCK) != pl.col(_BLOCK).shift(1) + 1) | (pl.col(RANGE) != pl.col(RANGE).shift(1))
     runs = (
         blocks.unique()
@@ -126,18 +169,30 @@ class EventFile:
         first: FirstPass,
         check: Quarantine,
         ranges: tuple[PersonRange, ...],
+        people: pl.Series,
     ) -> None:
         self.path = path
         self.rows = first.file_rows
         self._scan = scan
         self._check = check
         self._person_id = _as_text(scan, "person_id")
-        self._spans = _spans(first.placement, ranges) if first.placement is not None and len(ranges) > 1 else {}
-        placed = first.repeated.with_columns(range_index(ranges, first.repeated.get_column("person_id")))
+        planned = first.placement is not None and len(ranges) > 1
+        strays = stray_homes(first.placement, ranges, people) if planned else _NO_STRAYS
+        self._spans = _spans(placed(first.placement, ranges, strays), ranges) if planned else {}
+        moved = strays.filter(pl.col(RANGE) != range_index(ranges, strays.get_column("person_id")))
+        self._moved = {
+            r: (
+                moved.filter(pl.col(RANGE) == i).get_column("person_id"),
+                moved.filter(r.holds(pl.col("person_id"))).get_column("person_id"),
+            )
+            for i, r in enumerate(ranges)
+        }
+        """Per range, the stray ids it reads though they sort into another, and those it leaves to another."""
+        repeated = placed(first.repeated, ranges, strays)
         across_ranges = pl.col(RANGE).n_unique().over(_HASH) > 1
-        self._spanning = placed.filter(across_ranges).get_column(ROW)
+        self._spanning = repeated.filter(across_ranges).get_column(ROW)
         self._within = {
-            r: placed.filter(~across_ranges & (pl.col(RANGE) == i)).get_column(ROW) for i, r in enumerate(ranges)
+            r: repeated.filter(~across_ranges & (pl.col(RANGE) == i)).get_column(ROW) for i, r in enumerate(ranges)
         }
         spanning = scan.filter(pl.col(ROW).is_in(self._spanning.implode())) if self._spanning.len() else scan.head(0)
         self.repeated: Quarantined = check(collect_file(path, spanning), None, None)
@@ -147,6 +202,11 @@ class EventFile:
         """The events of `people` (whose rows are `own_people`, `own_participants`), but for rows of
         keys repeated across ranges (settled in `repeated`, accepted ones added)."""
         wanted = people.holds(self._person_id)
+        arriving, leaving = self._moved[people]
+        if leaving.len():
+            wanted = wanted & ~self._person_id.is_in(leaving.implode()).fill_null(False)
+        if arriving.len():
+            wanted = wanted | self._person_id.is_in(arriving.implode()).fill_null(False)
         if self._spanning.len():
             wanted = wanted & ~pl.col(ROW).is_in(self._spanning.implode())
         source = self._scan
