@@ -61,7 +61,7 @@ def participant_observations(participants: pl.LazyFrame, events: pl.LazyFrame, a
         pl.concat([from_export, from_events])
         .filter(pl.col("at") <= as_of)
         .with_columns(tie(pl.col("event_id")).alias("tie"))
-        .sort("study_id", "person_id", "at", "tie")
+        .sort("person_id", "study_id", "at", "tie")
     )
 
 
