@@ -275,18 +275,20 @@ def test_a_range_reads_the_runs_of_blocks_that_hold_its_people():
     ranges = (PersonRange(None, "b"), PersonRange("b", None))
     placement = pl.DataFrame(
         {
-            "__block": [0, 0, 1, 3, 3, 4, 4, 5, 6, 6, 7, 8],
-            "person_id": ["a", "c", "a", "a", "c", "c", "A", None, "a", "z", "z", "y"],
+            "__block": [0, 0, 1, 3, 3, 4, 4, 5, 6, 6, 7, 8, 9, 9, 9],
+            "person_id": ["a", "c", "a", "a", "c", "c", "A", None, "a", "z", "z", "y", "c", "d", "z"],
         },
         schema={"__block": pl.UInt32, "person_id": pl.String},
     )
-    strays = events_module.stray_homes(placement, ranges, pl.Series(["a", "c"]))
-    # unknown ids go with the first known person of their first block; alone in a block, they keep their place
+    by_id = events_module.with_id_range(placement, ranges)
+    strays = events_module.stray_homes(by_id, pl.Series(["a", "c", "d"]))
+    # unknown ids go with the first range with people in their first block; alone there, they keep their place
     assert strays.sort("person_id").rows() == [("A", 1), ("y", 1), ("z", 0)]
     block = events_module.BLOCK_ROWS
-    assert events_module._spans(events_module.placed(placement, ranges, strays), ranges) == {
-        ranges[0]: [(0, 2 * block), (3 * block, block), (5 * block, 3 * block)],  # a null person is the first range's
-        ranges[1]: [(0, block), (3 * block, 2 * block), (8 * block, block)],
+    assert events_module._spans(events_module.rehomed(by_id, strays), ranges) == {
+        # a null person is the first range's; z's rows go with it wherever they are, block 9 too
+        ranges[0]: [(0, 2 * block), (3 * block, block), (5 * block, 3 * block), (9 * block, block)],
+        ranges[1]: [(0, block), (3 * block, 2 * block), (8 * block, 2 * block)],
     }
 
 

@@ -54,7 +54,7 @@ hold its people. Row-group statistics cannot stand in for this: a few rows out o
 _BLOCK = "__block"
 _HOME = "__home"
 _FEW = 16
-"""The ids of a range in a block are few, and looked up among the people, when they are one or under a 16th of the block's."""
+"""A range's ids in a block are few, and looked up among the people, when one or under a 16th of the block's."""
 _NO_STRAYS = pl.DataFrame(schema={"person_id": pl.String, RANGE: pl.UInt32})
 
 
@@ -102,7 +102,7 @@ def first_pass(path: Path, scan: pl.LazyFrame, events_per_range: int) -> FirstPa
     )
 
 
-def stray_homes(placement: pl.DataFrame, ranges: tuple[PersonRange, ...], people: pl.Series) -> pl.DataFrame:
+def stray_homes(by_id: pl.DataFrame, people: pl.Series) -> pl.DataFrame:
     """The range that reads the rows of each stray id, one no accepted person has (`person_id`, `RANGE`).
 
     Such a row is rejected (unknown person) by whichever range reads it, so it
@@ -112,14 +112,20 @@ def stray_homes(placement: pl.DataFrame, ranges: tuple[PersonRange, ...], people
     last range read nearly every block. Only the ids that are few in their
     block among their range's are looked up: any id may be read by its own
     range, so one left where it sorts costs time, never a row. Null ids stay
-    the first range's.
+    the first range's. `by_id` is the placement with the `RANGE` each id sorts into.
     """
-    placed = placement.with_columns(range_index(ranges, placement.get_column("person_id"))).with_columns(
-        ((pl.len().over(_BLOCK, RANGE) == 1) | (pl.len().over(_BLOCK, RANGE) * _FEW < pl.len().over(_BLOCK))).alias("_few")
+    groups = by_id.group_by(_BLOCK, RANGE).agg(pl.len().alias("_ids"))
+    few = (pl.col("_ids") == 1) | (pl.col("_ids") * _FEW < pl.col("_ids").sum().over(_BLOCK))
+    groups = groups.with_columns(few.alias("_few"))
+    candidates = by_id.join(groups.filter("_few"), on=[_BLOCK, RANGE], how="semi").drop_nulls("person_id")
+    ids = candidates.select("person_id").unique()
+    known = people.rename("person_id").to_frame().join(ids, on="person_id", how="semi")
+    people_in_block = pl.concat(
+        [
+            groups.filter(~pl.col("_few")).select(_BLOCK, RANGE),
+            candidates.join(known, on="person_id", how="semi").select(_BLOCK, RANGE),
+        ]
     )
-    candidates = placed.filter(pl.col("_few")).drop_nulls("person_id")
-    known = people.rename("person_id").to_frame().join(candidates.select("person_id").unique(), on="person_id", how="semi")
-    people_in_block = pl.concat([placed.filter(~pl.col("_few")), candidates.join(known, on="person_id", how="semi")])
     homes = people_in_block.group_by(_BLOCK).agg(pl.col(RANGE).min().alias(_HOME))
     return (
         candidates.join(known, on="person_id", how="anti")
@@ -129,16 +135,21 @@ def stray_homes(placement: pl.DataFrame, ranges: tuple[PersonRange, ...], people
     )
 
 
-def placed(frame: pl.DataFrame, ranges: tuple[PersonRange, ...], strays: pl.DataFrame) -> pl.DataFrame:
-    """`frame` with the `RANGE` that reads each row: its person's, or its stray id's home."""
-    frame = frame.with_columns(range_index(ranges, frame.get_column("person_id")))
+def rehomed(by_id: pl.DataFrame, strays: pl.DataFrame) -> pl.DataFrame:
+    """`by_id` (rows with the `RANGE` their id sorts into) with the rows of stray ids placed at their
+    homes instead: the `RANGE` that reads each row. Row order is not kept."""
     if strays.height == 0:
-        return frame
-    return (
-        frame.join(strays.rename({RANGE: _HOME}), on="person_id", how="left", maintain_order="left")
-        .with_columns(pl.coalesce(_HOME, RANGE).alias(RANGE))
-        .drop(_HOME)
-    )
+        return by_id
+    moved = by_id.get_column("person_id").is_in(strays.get_column("person_id").implode()).fill_null(False)
+    if not moved.any():
+        return by_id
+    homes = by_id.filter(moved).drop(RANGE).join(strays, on="person_id").select(by_id.columns)
+    return pl.concat([by_id.filter(~moved), homes])
+
+
+def with_id_range(frame: pl.DataFrame, ranges: tuple[PersonRange, ...]) -> pl.DataFrame:
+    """`frame` with the `RANGE` each row's `person_id` sorts into."""
+    return frame.with_columns(range_index(ranges, frame.get_column("person_id")))
 
 
 def _spans(blocks: pl.DataFrame, ranges: tuple[PersonRange, ...]) -> dict[PersonRange, list[tuple[int, int]]]:
@@ -177,8 +188,9 @@ class EventFile:
         self._check = check
         self._person_id = _as_text(scan, "person_id")
         planned = first.placement is not None and len(ranges) > 1
-        strays = stray_homes(first.placement, ranges, people) if planned else _NO_STRAYS
-        self._spans = _spans(placed(first.placement, ranges, strays), ranges) if planned else {}
+        placement = with_id_range(first.placement, ranges) if planned else None
+        strays = stray_homes(placement, people) if planned else _NO_STRAYS
+        self._spans = _spans(rehomed(placement, strays), ranges) if planned else {}
         moved = strays.filter(pl.col(RANGE) != range_index(ranges, strays.get_column("person_id")))
         self._moved = {
             r: (
@@ -188,7 +200,7 @@ class EventFile:
             for i, r in enumerate(ranges)
         }
         """Per range, the stray ids it reads though they sort into another, and those it leaves to another."""
-        repeated = placed(first.repeated, ranges, strays)
+        repeated = rehomed(with_id_range(first.repeated, ranges), strays)
         across_ranges = pl.col(RANGE).n_unique().over(_HASH) > 1
         self._spanning = repeated.filter(across_ranges).get_column(ROW)
         self._within = {
