@@ -78,9 +78,16 @@ def dnc_rules(config: JobConfig, people: pl.DataFrame) -> dict[str, pl.Expr]:
     }
 
 
+ENGINE = "in-memory"
+"""The engine of a range's collects. A range's frames are small (about 100k people and 2.3M
+events), and on these plans Polars' in-memory engine took a quarter less CPU than its default
+streaming one (Polars 2.1; one range of M, min of 5: 1.6-1.75 -> 1.2-1.3 CPU-s). Scans of whole
+files keep the default, which bounds their memory."""
+
+
 def _once(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Materialise an intermediate several models read, so it is computed once, not per consumer."""
-    return frame.collect().lazy()
+    return frame.collect(engine=ENGINE).lazy()
 
 
 @dataclass(frozen=True)
@@ -307,7 +314,7 @@ def run_prepared(
                     events_read += events.rows_read
                     with reporter.stage("compute"), _step("internal error while computing"):
                         lazy = range_tables(inputs, config, as_of, prepared.rules)
-                        computed = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
+                        computed = dict(zip(lazy, pl.collect_all(list(lazy.values()), engine=ENGINE), strict=True))
                         range_tallies = computed.pop("study_tallies")
                         tallies = (
                             range_tallies
