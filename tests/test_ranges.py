@@ -168,6 +168,23 @@ def test_a_run_by_ranges_publishes_what_the_run_of_everyone_publishes(tmp_path, 
     assert outputs[0]["contact_status"].height > 200 and outputs[0]["rejected_rows"].height > 100
 
 
+def test_a_run_collects_in_memory_and_leaves_polars_as_it_found_it(tmp_path, monkeypatch):
+    """The engine is set for the run's collects that pipeline does not call itself, pandera's on the writer thread."""
+    engines = []
+    real = statusbatch.pipeline.validate_tables
+
+    def noting_the_engine(tables):
+        engines.append(pl.Config.state(if_set=True).get("POLARS_ENGINE_AFFINITY"))
+        return real(tables)
+
+    monkeypatch.setattr(statusbatch.pipeline, "validate_tables", noting_the_engine)
+    before = pl.Config.state(if_set=True)
+    result = cli("run", str(_job(tmp_path, ROOT / "sample_data", 2000)), "--as-of", "2026-03-31")
+    assert result.exit_code == 0, result.output
+    assert len(engines) > 2 and set(engines) == {statusbatch.pipeline.ENGINE}
+    assert pl.Config.state(if_set=True) == before
+
+
 def test_a_failure_in_a_later_range_writes_nothing(tmp_path, monkeypatch, small_row_groups):
     root = tmp_path / "ws"
     shutil.copytree(ROOT / "sample_data", root / "input")
