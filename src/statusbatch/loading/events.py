@@ -109,10 +109,10 @@ def stray_homes(by_id: pl.DataFrame, people: pl.Series) -> pl.DataFrame:
     is read by a range whose blocks it lies in: the first range with people in
     the id's first block. Placed by its id instead, a few unknown ids sorting
     after every real one, strewn through a file in person order, would have the
-    last range read nearly every block. Only the ids that are few in their
-    block among their range's are looked up: any id may be read by its own
-    range, so one left where it sorts costs time, never a row. Null ids stay
-    the first range's. `by_id` is the placement with the `RANGE` each id sorts into.
+    last range read nearly every block. Only the ids of a range with few ids
+    in a block are looked up: any id may be read by its own range, so one
+    left where it sorts costs time, never a row. Null ids stay the first
+    range's. `by_id` is the placement with the `RANGE` each id sorts into.
     """
     groups = by_id.group_by(_BLOCK, RANGE).agg(pl.len().alias("_ids"))
     few = (pl.col("_ids") == 1) | (pl.col("_ids") * _FEW < pl.col("_ids").sum().over(_BLOCK))
