@@ -32,7 +32,10 @@ IDS = st.text(alphabet="ab1", max_size=4)
 def test_every_id_falls_in_exactly_one_range(people, count, probes):
     ranges = person_ranges(pl.Series(people, dtype=pl.String), count)
     assert person_ranges(pl.Series(people, dtype=pl.String).sort(), count) == ranges  # already sorted: not sorted again
-    assert 1 <= len(ranges) <= max(1, min(count, len(set(people))))
+    assert 1 <= len(ranges) <= max(1, min(count + 1, len(set(people))))
+    if len(ranges) > 1:  # no range without people
+        ids = pl.DataFrame({"person_id": sorted(set(people))})
+        assert all(ids.filter(r.holds(pl.col("person_id"))).height for r in ranges)
     probe = pl.DataFrame({"person_id": people + probes}, schema={"person_id": pl.String})
     held = probe.with_columns(
         held=pl.sum_horizontal(r.holds(pl.col("person_id")).cast(pl.Int32) for r in ranges)
@@ -44,12 +47,12 @@ def test_every_id_falls_in_exactly_one_range(people, count, probes):
     assert range_index(ranges, probe.get_column("person_id")).to_list() == holder.to_list()
 
 
-def test_ranges_hold_about_as_many_people_each():
+def test_ranges_hold_as_many_people_each_but_the_first_and_last_half_as_many():
     ids = pl.Series([f"p{i:03d}" for i in range(100)])
     ranges = person_ranges(ids, 4)
     sizes = [ids.to_frame("person_id").filter(r.holds(pl.col("person_id"))).height for r in ranges]
-    assert sizes == [25, 25, 25, 25]
-    assert ranges[0] == PersonRange(None, "p025") and ranges[-1] == PersonRange("p075", None)
+    assert sizes == [12, 25, 25, 25, 13]
+    assert ranges[0] == PersonRange(None, "p012") and ranges[-1] == PersonRange("p087", None)
 
 
 @pytest.mark.parametrize(("events", "per_range", "count"), [(10, 0, 1), (10, 10, 1), (11, 10, 2), (0, 5, 1), (100, 7, 15)])
@@ -94,7 +97,7 @@ def test_events_read_by_range_are_the_events_read_whole(tmp_path, monkeypatch, p
     write_inputs(tmp_path, people=PEOPLE, studies=[], participants=[], events=EVENTS)
     whole = load_inputs(tmp_path)
     workspace = open_workspace(tmp_path, per_range)
-    assert len(workspace.ranges) == min(6, range_count(len(EVENTS), per_range))
+    assert len(workspace.ranges) == min(len(PEOPLE) // 2, range_count(len(EVENTS), per_range)) + 1
     shares = [workspace.share(people) for people in workspace.ranges]
 
     for name, log in whole.event_logs.items():
@@ -161,7 +164,7 @@ def test_a_run_by_ranges_publishes_what_the_run_of_everyone_publishes(tmp_path, 
         result = cli("run", str(_job(root, ROOT / "sample_data", per_range)), "--as-of", "2026-03-31")
         assert result.exit_code == 0, result.output
         outputs[per_range] = _published(root / "out.duckdb")
-    assert "computed in 14 ranges of people" in result.output
+    assert "computed in 15 ranges of people" in result.output
     assert outputs[0].keys() == outputs[600].keys()
     for name, frame in outputs[0].items():
         assert frame.equals(outputs[600][name]), name
@@ -321,9 +324,9 @@ def test_unknown_people_strewn_through_the_file_do_not_make_a_range_read_it_all(
     write_inputs(tmp_path, people=people, studies=[], participants=[], events=events)
     whole = load_inputs(tmp_path)
     workspace = open_workspace(tmp_path, 16)
-    assert len(workspace.ranges) == 4
+    assert len(workspace.ranges) == 5
     read = sum(length for spans in workspace.events._spans.values() for _, length in spans)
-    assert read <= len(events) + 3 * 4  # at most a block shared at each of the 3 cuts
+    assert read <= len(events) + 4 * 4  # at most a block shared at each of the 4 cuts
     shares = [workspace.share(r)[1] for r in workspace.ranges]
     rejected = pl.concat([workspace.rejected_rows, *[share.rejected for share in shares]])
     assert _sorted(rejected, "row_number").equals(_sorted(whole.rejected_rows, "row_number"))

@@ -44,7 +44,13 @@ def range_count(events: int, events_per_range: int) -> int:
 
 
 def person_ranges(person_ids: pl.Series, count: int) -> tuple[PersonRange, ...]:
-    """`count` ranges of about as many people each, together holding every possible id once."""
+    """`count` ranges' worth of people, together holding every possible id once: `count` + 1 ranges,
+    the first and the last with half as many people as the others.
+
+    The first range is read while nothing else can run yet, and the last one's
+    validation and inserts come after the last compute: halving those two
+    shortens the run's start and its tail (a pipeline's fill and drain).
+    """
     everyone = (PersonRange(None, None),)
     if count <= 1:
         return everyone
@@ -52,10 +58,11 @@ def person_ranges(person_ids: pl.Series, count: int) -> tuple[PersonRange, ...]:
     if not ids.flags["SORTED_ASC"]:
         ids = ids.sort()
     ids = ids.filter(ids.ne_missing(ids.shift(1)))
-    count = min(count, ids.len())
+    count = min(count, ids.len() // 2)
     if count <= 1:
         return everyone
-    bounds: list[str | None] = [ids[i * ids.len() // count] for i in range(1, count)]
+    cuts = [(2 * i - 1) * ids.len() // (2 * count) for i in range(1, count + 1)]
+    bounds: list[str | None] = [ids[cut] for cut in cuts]
     edges = [None, *bounds, None]
     return tuple(PersonRange(low, high) for low, high in zip(edges, edges[1:], strict=False))
 
