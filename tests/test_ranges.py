@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -334,6 +335,45 @@ def test_unknown_people_strewn_through_the_file_do_not_make_a_range_read_it_all(
     assert sum(share.rows_read for share in shares) + 2 == len(events)  # the two rows of x0 are settled up front
     accepted = pl.concat([share.logs["messaging"] for share in shares])
     assert accepted.filter(pl.col("event_id") == "x0").get_column("person_id").to_list() == ["p11"]
+
+
+_KNOWN = [f"p{i}" for i in range(8)]
+_ROW = st.tuples(
+    st.sampled_from(["e1", "e2", "e3", "e4", None]),  # few ids: keys repeat, within and across people
+    st.one_of(st.sampled_from(_KNOWN), st.sampled_from(["a0", "q1", "z9"]), st.none()),  # known, strays, missing
+    st.sampled_from(["stopped", "opted_out", "frobbed"]),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1000), _ROW), min_size=6, max_size=40),
+    st.booleans(),
+    st.integers(1, 5),
+    st.integers(1, 6),
+)
+def test_any_file_read_by_ranges_is_the_file_read_whole(rows, by_person, block_rows, per_range):
+    """Rows in person order or not, with unknown ids anywhere and keys repeated across them: the ranges
+    together accept and reject exactly what one read of the whole file does."""
+    if by_person:
+        rows = sorted(rows, key=lambda row: (row[1][1] or "", row[0]))
+    events = [
+        event(f"{event_id}{i}" if event_id == "e4" else event_id, person_id, f"2026-03-0{1 + i % 9}T00:00:00Z", kind)
+        for i, (_, (event_id, person_id, kind)) in enumerate(rows)
+    ]
+    with tempfile.TemporaryDirectory() as directory, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(events_module, "BLOCK_ROWS", block_rows)
+        root = write_inputs(Path(directory), people=[person(p) for p in _KNOWN], studies=[], participants=[], events=events)
+        whole = load_inputs(root)
+        workspace = open_workspace(root, per_range)
+        shares = [workspace.share(people) for people in workspace.ranges]
+    for name, log in whole.event_logs.items():
+        by_range = pl.concat([inputs.event_logs[name] for inputs, _ in shares])
+        assert _sorted(by_range, "event_id", "person_id").equals(_sorted(log, "event_id", "person_id")), name
+    rejected = pl.concat([workspace.rejected_rows, *[share.rejected for _, share in shares]])
+    assert _sorted(rejected, "row_number").equals(_sorted(whole.rejected_rows, "row_number"))
+    read = sum(share.rows_read for _, share in shares)
+    assert workspace.run_inputs(read, rejected.height - workspace.rejected_rows.height).equals(whole.run_inputs)
 
 
 @pytest.mark.parametrize(("per_range", "planned"), [(0, False), (100, False), (2, True)])
