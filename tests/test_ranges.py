@@ -345,7 +345,7 @@ _ROW = st.tuples(
 )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 1000), _ROW), min_size=6, max_size=40),
     st.booleans(),
