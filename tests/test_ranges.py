@@ -15,6 +15,7 @@ from conftest import cli, event, person, write_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import statusbatch.engine
 import statusbatch.pipeline
 from statusbatch.loading import InputError, Workspace, load_inputs, open_workspace
 from statusbatch.loading import events as events_module
@@ -185,7 +186,7 @@ def test_a_run_collects_in_memory_and_leaves_polars_as_it_found_it(tmp_path, mon
     before = pl.Config.state(if_set=True)
     result = cli("run", str(_job(tmp_path, ROOT / "sample_data", 2000)), "--as-of", "2026-03-31")
     assert result.exit_code == 0, result.output
-    assert len(engines) > 2 and set(engines) == {statusbatch.pipeline.ENGINE}
+    assert len(engines) > 2 and set(engines) == {statusbatch.engine.ENGINE}
     assert pl.Config.state(if_set=True) == before
 
 

@@ -14,6 +14,7 @@ import polars as pl
 
 from statusbatch import __version__
 from statusbatch.config import JobConfig
+from statusbatch.engine import ENGINE
 from statusbatch.config.conditions import compile_condition, condition_schema
 from statusbatch.loading import EventsShare, InputError, ModelInputs, Workspace, open_workspace
 from statusbatch.models import channel, contact, facts, governance, history, participants, sequences
@@ -76,14 +77,6 @@ def dnc_rules(config: JobConfig, people: pl.DataFrame) -> dict[str, pl.Expr]:
     return {
         rule.name: compile_condition(rule.name, rule.when, schema) for rule in config.do_not_contact
     }
-
-
-ENGINE = "in-memory"
-"""The engine of a range's collects. A range's frames are small (about 100k people and 2.3M
-events), and on these plans Polars' in-memory engine took a quarter less CPU than its default
-streaming one (Polars 2.1; one range of M, min of 5: 1.6-1.75 -> 1.2-1.3 CPU-s; a range's
-validation 213-270 -> 167-238 CPU-ms). The open stage's scans of whole files keep the default,
-which bounds their memory."""
 
 
 def _once(frame: pl.LazyFrame) -> pl.LazyFrame:

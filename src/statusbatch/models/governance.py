@@ -28,9 +28,9 @@ import polars as pl
 
 from statusbatch import codes
 from statusbatch.config.job import CooldownLimit, CooldownSection
+from statusbatch.engine import ENGINE
 from statusbatch.models.facts import tie
 from statusbatch.models.history import (
-    ENGINE,
     NEVER,
     ComponentTimelines,
     as_status,

@@ -43,6 +43,7 @@ import polars as pl
 
 from statusbatch import codes
 from statusbatch.config.job import CooldownSection
+from statusbatch.engine import ENGINE
 from statusbatch.models import contact
 from statusbatch.models.facts import tie
 from statusbatch.models.scans import carried_backward, first_in_run, last_in_run, running_sum
@@ -79,10 +80,6 @@ NEVER = 2**63 - 1
 _NO_ROW = 2**32 - 1
 _COOLING = 2**32
 """The weight of a cooldown in the one running sum of both counts (an active spell weighs 1)."""
-ENGINE = "in-memory"
-"""The engine of the timelines' and the audit's collects: on these plans (many small sorts,
-scans and as-of joins) it ran about 1.5x faster than the default streaming engine (Polars
-2.1). The history's one big sort and scan ran faster streaming."""
 
 
 def instant_code(group: pl.Expr, instant: pl.Expr) -> pl.Expr:
