@@ -14,8 +14,8 @@ import polars as pl
 
 from statusbatch import __version__
 from statusbatch.config import JobConfig
-from statusbatch.engine import ENGINE
 from statusbatch.config.conditions import compile_condition, condition_schema
+from statusbatch.engine import ENGINE
 from statusbatch.loading import EventsShare, InputError, ModelInputs, Workspace, open_workspace
 from statusbatch.models import channel, contact, facts, governance, history, participants, sequences
 from statusbatch.progress import Reporter
