@@ -423,3 +423,100 @@ def test_property_columns_are_typed_only_when_every_value_fits():
         "late_flag": pl.String, "first_text": pl.String, "empty": pl.Null,
     }
     assert typed.select("flag", "count", "ratio").rows() == [(True, 1, 1.0), (False, 2, 2.5), (None, None, None)]
+
+
+# --- values as files spell them ------------------------------------------------------------------
+
+
+def test_quoted_empty_csv_cells_are_null_like_unquoted_ones(ws):
+    """§1 "Empty CSV cells are null", whether the writer quoted them or not (csv.QUOTE_ALL writes `""`)."""
+    ws.write(
+        people='"person_id","created_at","last_seen_on","age"\n'
+        '"p1","2026-01-01T00:00:00Z","",""\n'
+        '"","2026-01-01T00:00:00Z","",""\n',
+        studies='"study_id","kind","opened_at","closed_at","participation_limit"\n"S1","survey","","",""\n',
+        events='"event_id","person_id","occurred_at","event_type","study_id","channel","value"\n'
+        '"e1","p1","2026-03-01T00:00:00Z","opted_out","","",""\n'
+        '"","p1","2026-03-02T00:00:00Z","blocklist_added","","",""\n',
+    )
+    ws.run()
+    assert ws.query('select source_table, row_number, "column", problem from rejected_rows order by 1, 2') == [
+        ("events", 2, "event_id", "missing required value"),
+        ("people", 2, "person_id", "missing required value"),
+    ]
+    assert ws.query("select person_id, contact_status from contact_status") == [("p1", "opted_out")]
+    assert ws.query("select study_id from study_progress") == [("S1",)]
+
+
+def test_parquet_categorical_codes_padded_with_blanks_are_codes(ws):
+    """decisions.md: a code with surrounding blanks is the code, whatever the column's Parquet type."""
+    ws.write(people=[person("p1"), person("p2")], studies=[study("S1")])
+    (ws.input / "participants.csv").unlink()
+    pl.DataFrame(
+        {
+            "study_id": ["S1", "S1"],
+            "person_id": ["p1", "p2"],
+            "added_at": [datetime(2026, 1, 1)] * 2,
+            "participant_status": pl.Series([" canceled ", "made up"], dtype=pl.Categorical),
+        }
+    ).write_parquet(ws.input / "participants.parquet")
+    ws.run()
+    assert ws.query('select row_number, "column", problem from rejected_rows') == [
+        (2, "participant_status", "unknown participant_status code 'made up'")
+    ]
+    assert ws.query("select person_id, participant_status from participant_status") == [("p1", "canceled")]
+
+
+def test_parquet_values_that_would_change_in_conversion_are_rejected_rows(ws):
+    """§5 wrong type → bad row: a Parquet value is taken only when the contract type holds it exactly
+    (1.0 as a whole number); 1.5, or a number as an instant, is not quietly made one."""
+    ws.write(events=[])
+    (ws.input / "people.csv").unlink()
+    pl.DataFrame(
+        {"person_id": ["p1", "p2"], "created_at": pl.Series([1767225600000000, 1767225600000000], dtype=pl.Int64)}
+    ).write_parquet(ws.input / "people.parquet")
+    (ws.input / "studies.csv").unlink()
+    pl.DataFrame(
+        {"study_id": ["S1", "S2", "S3"], "kind": ["survey"] * 3, "participation_limit": [1.5, 2.0, None]}
+    ).write_parquet(ws.input / "studies.parquet")
+    ws.run()
+    assert ws.query('select source_table, row_number, "column", problem from rejected_rows order by 1, 2') == [
+        ("people", 1, "created_at", "not a valid timestamp: '1767225600000000'"),
+        ("people", 2, "created_at", "not a valid timestamp: '1767225600000000'"),
+        ("studies", 1, "participation_limit", "not a valid whole number: '1.5'"),
+    ]
+    assert ws.query("select study_id from study_progress order by 1") == [("S2",), ("S3",)]
+
+
+def test_a_rejected_row_of_a_parquet_file_with_nested_columns_keeps_its_raw_row(ws):
+    """A list or struct property column is written into `raw` as JSON, not a failed run."""
+    ws.write(events=[])
+    (ws.input / "people.csv").unlink()
+    pl.DataFrame(
+        {
+            "person_id": ["p1", "p2"],
+            "created_at": [datetime(2026, 1, 1), None],
+            "tags": [["a", "b"], ["c"]],
+            "meta": [{"x": 1}, {"x": 2}],
+        }
+    ).write_parquet(ws.input / "people.parquet")
+    ws.run()
+    (raw,) = ws.query("select raw from rejected_rows")[0]
+    assert json.loads(raw) == {"person_id": "p2", "created_at": None, "tags": ["c"], "meta": {"x": 2}}
+    assert ws.query("select person_id from contact_status") == [("p1",)]
+
+
+def test_rejected_rows_do_not_decide_a_property_columns_type(ws):
+    """§5: a bad row never stops the run; its text in `age` must not make the column text and the
+    rule `age < 18` a type error."""
+    ws.write(
+        '[[do_not_contact]]\nname = "minors"\nwhen = "age < 18"\n',
+        people="person_id,created_at,age\np1,2026-01-01T00:00:00Z,17\np2,2026-01-01T00:00:00Z,30\n"
+        "p1,2026-01-01T00:00:00Z,unknown\np3,,n/a\n",
+    )
+    ws.run()
+    assert ws.query('select row_number, "column" from rejected_rows order by 1') == [(3, "person_id"), (4, "created_at")]
+    assert ws.query("select person_id, contact_status from contact_status order by 1") == [
+        ("p1", "do_not_contact"),
+        ("p2", "free_to_contact"),
+    ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -69,10 +69,24 @@ class Inputs(ModelInputs):
     files: dict[str, Path]
 
 
-def _property_columns(raw: pl.DataFrame, table: InputTable) -> dict[str, pl.Expr]:
+def _property_columns_as_read(raw: pl.DataFrame, table: InputTable) -> dict[str, pl.Expr]:
+    """People's extra columns, kept as the file has them until the bad rows are out."""
+    known = {c.name for c in table.columns}
+    return {name: pl.col(name) for name in raw.columns if name not in known and name != ROW}
+
+
+def _property_columns(people: pl.DataFrame, table: InputTable) -> dict[str, pl.Expr]:
     """People's extra columns, typed by inference over their values (SPEC §7.7)."""
     known = {c.name for c in table.columns}
-    return {name: _inferred(name, raw.get_column(name)) for name in raw.columns if name not in known}
+    return {name: _inferred(name, people.get_column(name)) for name in people.columns if name not in known}
+
+
+def _with_typed_properties(people: Quarantined, table: InputTable) -> Quarantined:
+    """The accepted people with their property columns typed over the accepted rows' values only:
+    a rejected row's text must not turn a numeric column into text, and a rule over it into a
+    failed run (§5: a bad row never stops the run)."""
+    accepted = people.accepted
+    return replace(people, parts={table.name: accepted.with_columns(**_property_columns(accepted, table))})
 
 
 def _inferred(name: str, values: pl.Series) -> pl.Expr:
@@ -181,8 +195,9 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
 
     results: dict[str, Quarantined] = {}
     people_table = input_table("people")
-    results["people"] = quarantine(
-        raws["people"], people_table, extra_columns=_property_columns(raws["people"], people_table)
+    results["people"] = _with_typed_properties(
+        quarantine(raws["people"], people_table, extra_columns=_property_columns_as_read(raws["people"], people_table)),
+        people_table,
     )
     results["studies"] = quarantine(raws["studies"], input_table("studies"))
     person_ids = results["people"].accepted.get_column("person_id")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import time
 
 import numpy as np
 import polars as pl
@@ -131,13 +132,24 @@ def _parse_boolean(raw: pl.Expr) -> pl.Expr:
     return pl.when(text.is_in(_TRUE)).then(True).when(text.is_in(_FALSE)).then(False).otherwise(None)
 
 
+def _is_text(dtype: pl.DataType | None) -> bool:
+    """Text as a file may hold it: strings, or codes a Parquet writer stored as categories."""
+    return dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum))
+
+
 def _parsed(column: Column, raw_dtype: pl.DataType | None) -> pl.Expr:
-    """The contract value of `column`, null where the file's value does not parse."""
+    """The contract value of `column`, null where the file's value does not parse.
+
+    A typed (Parquet) value is taken only where the contract type holds it
+    exactly: 2.0 is a whole number, 2.5 is not, and a number is no instant.
+    Anything else is null, so that the row is rejected as the wrong type (§5).
+    """
     if raw_dtype is None:
         return pl.lit(None, dtype=column.dtype)
     raw = pl.col(column.name)
     dtype = column.dtype
-    if raw_dtype == pl.String:
+    if _is_text(raw_dtype):
+        raw = raw.cast(pl.String)
         if dtype == TIMESTAMP:
             return parse_timestamp(raw)
         if dtype == pl.Date:
@@ -149,12 +161,32 @@ def _parsed(column: Column, raw_dtype: pl.DataType | None) -> pl.Expr:
         if isinstance(dtype, pl.Enum):
             return raw.cast(dtype, strict=False)  # padded codes are repaired by _with_padded_codes
         return raw
-    if dtype == TIMESTAMP and isinstance(raw_dtype, pl.Datetime):
-        if raw_dtype.time_zone is None:
-            return raw.dt.replace_time_zone("UTC").dt.cast_time_unit("us")
-        return raw.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
-    if dtype == TIMESTAMP and raw_dtype == pl.Date:
-        return raw.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    if dtype == TIMESTAMP:
+        if isinstance(raw_dtype, pl.Datetime):
+            zoned = raw.dt.replace_time_zone("UTC") if raw_dtype.time_zone is None else raw.dt.convert_time_zone("UTC")
+            return zoned.dt.cast_time_unit("us")
+        if raw_dtype == pl.Date:
+            return raw.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        return pl.lit(None, dtype=dtype)
+    if dtype == pl.Date:
+        if raw_dtype == pl.Date:
+            return raw
+        if isinstance(raw_dtype, pl.Datetime):
+            return pl.when(raw.dt.time() == time(0)).then(raw.dt.date())
+        return pl.lit(None, dtype=dtype)
+    if dtype == pl.Int64:
+        if raw_dtype.is_integer():
+            return raw.cast(dtype, strict=False)
+        if raw_dtype.is_float() or isinstance(raw_dtype, pl.Decimal):
+            number = raw.cast(pl.Float64)
+            return pl.when(number == number.round()).then(number.cast(dtype, strict=False))
+        return pl.lit(None, dtype=dtype)
+    if dtype == pl.Boolean:
+        if raw_dtype == pl.Boolean:
+            return raw
+        if raw_dtype.is_integer():
+            return pl.when(raw == 1).then(True).when(raw == 0).then(False).otherwise(None)
+        return pl.lit(None, dtype=dtype)
     if isinstance(dtype, pl.Enum):
         return raw.cast(pl.String).cast(dtype, strict=False)
     return raw.cast(dtype, strict=False)
@@ -170,13 +202,14 @@ def _with_padded_codes(frame: pl.DataFrame, table: InputTable, raw_schema: pl.Sc
     the values that failed the plain cast are stripped and cast again.
     """
     for column in table.columns:
-        if not isinstance(column.dtype, pl.Enum) or raw_schema.get(column.name) != pl.String:
+        if not isinstance(column.dtype, pl.Enum) or not _is_text(raw_schema.get(column.name)):
             continue
         parsed = typed(column.name)
         retry = frame.select(pl.arg_where(parsed.is_null() & pl.col(column.name).is_not_null())).to_series()
         if retry.len() == 0:
             continue
-        repaired = frame[retry].select(pl.col(column.name).str.strip_chars().cast(column.dtype, strict=False)).to_series()
+        stripped = pl.col(column.name).cast(pl.String).str.strip_chars()
+        repaired = frame[retry].select(stripped.cast(column.dtype, strict=False)).to_series()
         frame = frame.with_columns(frame.get_column(_TYPED + column.name).scatter(retry, repaired))
     return frame
 
@@ -185,6 +218,11 @@ def _kind(dtype: pl.DataType) -> str:
     if dtype == TIMESTAMP:
         return "timestamp"
     return _KIND.get(dtype, str(dtype))
+
+
+def _as_json(dtype: pl.DataType) -> bool:
+    """Kept as it is in a rejected row's `raw`: text, and nested values (JSON arrays and objects)."""
+    return dtype == pl.String or dtype.is_nested()
 
 
 def _raw_text(name: str) -> pl.Expr:
@@ -306,7 +344,7 @@ def quarantine(
         pl.col(ROW).alias("row_number"),
         column,
         problem,
-        pl.struct(*[pl.col(c).cast(pl.String) if frame.schema[c] != pl.String else pl.col(c) for c in raw_columns])
+        pl.struct(*[pl.col(c) if _as_json(frame.schema[c]) else pl.col(c).cast(pl.String) for c in raw_columns])
         .struct.json_encode()
         .alias("raw")
         if raw_columns

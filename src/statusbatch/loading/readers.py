@@ -33,8 +33,15 @@ def find_input_file(input_dir: Path, table: InputTable) -> Path | None:
     return found[0]
 
 
-_CSV = {"infer_schema": False, "has_header": True, "raise_if_empty": False, "truncate_ragged_lines": False}
-"""Every CSV column as text: a bad value becomes a rejected row, a ragged row an unreadable file."""
+_CSV = {
+    "infer_schema": False,
+    "has_header": True,
+    "raise_if_empty": False,
+    "truncate_ragged_lines": False,
+    "null_values": [""],
+}
+"""Every CSV column as text: a bad value becomes a rejected row, a ragged row an unreadable file.
+An empty cell is null whether quoted or not (`""`, as csv.QUOTE_ALL writes it): SPEC §1."""
 
 
 def scan_table_file(path: Path, table: InputTable, row_index: str | None = None) -> pl.LazyFrame:
