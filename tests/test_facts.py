@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from conftest import compute, event, person
 
 PEOPLE = [person("p1"), person("late", created_at="2026-04-02T00:00:00Z")]
@@ -29,4 +31,24 @@ def test_the_same_person_counts_once_created(tmp_path):
     assert sorted(t["contact_status"].select("person_id", "contact_status").rows()) == [
         ("late", "opted_out"),
         ("p1", "opted_out"),
+    ]
+
+
+def test_an_export_last_seen_on_dated_after_t_is_not_known_at_t(tmp_path):
+    """A backfill to 2026-03-31 from tonight's export must not see a visit of 2026-04-10: last seen
+    falls back to the inbound message before T, or to never (dormant since created_at)."""
+    people = [
+        person("later", created_at="2024-01-01T00:00:00Z", last_seen_on="2026-04-10"),
+        person("later_inbound", created_at="2024-01-01T00:00:00Z", last_seen_on="2026-04-10"),
+        person("on_t", created_at="2024-01-01T00:00:00Z", last_seen_on="2026-03-31"),
+    ]
+    events = [event("e1", "later_inbound", "2026-03-05T00:00:00Z", "inbound_message")]
+    t = compute(tmp_path, as_of="2026-03-31", people=people, events=events)
+    assert sorted(t["channel_status"].select("person_id", "last_seen_on").rows()) == [
+        ("later", None),
+        ("later_inbound", date(2026, 3, 5)),
+        ("on_t", date(2026, 3, 31)),
+    ]
+    assert t["archival_candidates"].select("person_id", "candidate", "days_dormant").rows() == [
+        ("later", "archive", 820)
     ]

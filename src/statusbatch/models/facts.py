@@ -15,7 +15,12 @@ def tie(event_id: pl.Expr) -> pl.Expr:
 
 
 def people_as_of(people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
-    return people.filter(pl.col("created_at") <= as_of)
+    """People created by T, with an export `last_seen_on` dated after T's day taken as unknown: facts
+    dated after T are ignored, so a backfill does not see a later visit (nor a negative dormancy)."""
+    seen = pl.col("last_seen_on")
+    return people.filter(pl.col("created_at") <= as_of).with_columns(
+        pl.when(seen <= as_of.date()).then(seen).alias("last_seen_on")
+    )
 
 
 def participants_as_of(participants: pl.LazyFrame, people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
