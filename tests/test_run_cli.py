@@ -164,7 +164,7 @@ def test_a_failed_first_run_records_the_failure_and_publishes_nothing(ws, monkey
     basic(ws)
     _breaking_contact_status(monkeypatch)
     assert ws.run(check=False).exit_code == 1
-    assert ws.tables() <= {"runs"}
+    assert ws.tables() <= {"runs", "runs_latest"}
     assert ws.query("select outcome from runs") == [("failed",)]
 
 
@@ -406,3 +406,28 @@ def test_retention_drops_old_slices_of_tables_empty_on_newer_days(ws):
     assert sliced(ws, "contact_status") == [date(2026, 3, 30), date(2026, 3, 31)]
     assert sliced(ws, "rejected_rows") == []
     assert sliced(ws, "cooldowns") == []
+
+
+def test_every_table_with_an_as_of_has_a_latest_view(ws):
+    """§4: the logs and the history too. status_changes_latest is the newest published night's
+    changes; the history's view is its rows, whatever as_of last replaced it; runs_latest is every
+    run of the newest as_of, failed ones included."""
+    basic(ws)
+    ws.run(as_of="2026-03-30")
+    ws.run(as_of="2026-03-31")
+    ws.run(as_of="2026-03-15")  # a backfill: the history now holds 2026-03-15
+    con_tables = ws.tables()
+    with_as_of = {
+        name
+        for (name,) in ws.query(
+            "select distinct table_name from information_schema.columns where column_name = 'as_of' "
+            "and table_name in (select table_name from information_schema.tables where table_type = 'BASE TABLE')"
+        )
+    }
+    assert {f"{name}_latest" for name in with_as_of} <= con_tables
+    assert ws.query("select distinct as_of from status_changes_latest") == [(date(2026, 3, 31),)]
+    assert ws.query("select count(*) from contact_status_history_latest") == ws.query(
+        "select count(*) from contact_status_history"
+    )
+    assert ws.query("select distinct as_of from contact_status_history_latest") == [(date(2026, 3, 15),)]
+    assert ws.query("select as_of, outcome from runs_latest") == [(date(2026, 3, 31), "success")]

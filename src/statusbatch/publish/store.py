@@ -164,11 +164,19 @@ _PUBLISHED = "SELECT DISTINCT as_of FROM runs WHERE outcome = 'success'"
 """Published as_ofs come from the run log, not from a table's rows: an empty slice is a slice too."""
 
 
+_LATEST_OF: dict[str, str] = {
+    "contact_status_history": 'SELECT max(as_of) FROM "contact_status_history"',
+    "runs": 'SELECT max(as_of) FROM "runs"',
+}
+"""The most recent as_of of a table whose `_latest` view does not follow the published as_ofs: the
+history holds only the as_of of the run that last replaced it (an older backfill, maybe); the run
+log's newest as_of is news whether its runs succeeded or failed."""
+
+
 def _latest_view(con: duckdb.DuckDBPyConnection, name: str) -> None:
-    con.execute(
-        f'CREATE OR REPLACE VIEW "{name}_latest" AS '
-        f'SELECT * FROM "{name}" WHERE as_of = (SELECT max(as_of) FROM ({_PUBLISHED}))'
-    )
+    """`<name>_latest`: the slice of the most recent as_of (SPEC §4), for every table with an as_of."""
+    latest = _LATEST_OF.get(name, f"SELECT max(as_of) FROM ({_PUBLISHED})")
+    con.execute(f'CREATE OR REPLACE VIEW "{name}_latest" AS SELECT * FROM "{name}" WHERE as_of = ({latest})')
 
 
 def _prune(con: duckdb.DuckDBPyConnection, name: str, keep_as_of: int) -> None:
@@ -181,6 +189,7 @@ def _prune(con: duckdb.DuckDBPyConnection, name: str, keep_as_of: int) -> None:
 
 def _insert_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     con.execute(RUNS_DDL)
+    _latest_view(con, "runs")
     con.execute(
         "INSERT INTO runs (run_id, as_of, started_at, finished_at, outcome, error, config_digest, version, command, input_dir) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -266,6 +275,7 @@ class Publication:
         _insert_run(self._con, run)
         for name in sorted(self._started & set(SLICED_TABLES)):
             _prune(self._con, name, self._keep_as_of)
+        for name in sorted(self._started):
             _latest_view(self._con, name)
         self._con.execute("COMMIT")
 
