@@ -520,3 +520,27 @@ def test_rejected_rows_do_not_decide_a_property_columns_type(ws):
         ("p1", "do_not_contact"),
         ("p2", "free_to_contact"),
     ]
+
+
+def test_a_value_that_names_a_code_may_be_padded_with_blanks_too(ws):
+    """decisions.md: a code with surrounding blanks is the code; a participant_status event's value is
+    a participant status code and a status_set's a sequence status, so they are read stripped.
+    Free text (an unsubscribed value) is not checked and may carry its blanks."""
+    ws.write(
+        people=[person("p1")],
+        studies=[study("S1")],
+        participants=[participant("S1", "p1", "study_invited")],
+        events=[
+            event("e1", "p1", "2026-03-01T00:00:00Z", "participant_status", study_id="S1", value=" canceled "),
+            event("e2", "p1", "2026-03-01T00:00:00Z", "sequence_added", sequence_id="Q1"),
+            event("e3", "p1", "2026-03-02T00:00:00Z", "status_set", sequence_id="Q1", value="paused "),
+            event("e4", "p1", "2026-03-03T00:00:00Z", "status_set", sequence_id="Q1", value="pa used"),
+            event("e5", "p1", "2026-03-03T00:00:00Z", "unsubscribed", value="  no thanks  "),
+        ],
+    )
+    ws.run()
+    assert ws.query('select row_number, "column", problem from rejected_rows') == [
+        (4, "value", "unknown sequence status or flag 'pa used'")
+    ]
+    assert ws.query("select participant_status from participant_status") == [("canceled",)]
+    assert ws.query("select status from sequence_status") == [("paused",)]

@@ -14,7 +14,12 @@ from statusbatch.loading.events import EventFile, EventsShare, first_pass
 from statusbatch.loading.partitions import PersonRange, person_ranges, range_count
 from statusbatch.loading.quarantine import REJECTED_ROWS_SCHEMA, ROW, Part, Quarantined, quarantine, typed
 from statusbatch.loading.readers import find_input_file, read_table_file, scan_table_file
-from statusbatch.loading.tables import event_code_checks, participant_reference_check, reference_check
+from statusbatch.loading.tables import (
+    event_code_checks,
+    event_code_values,
+    participant_reference_check,
+    reference_check,
+)
 
 __all__ = [
     "EventsShare",
@@ -229,6 +234,7 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
             raw,
             input_table("events"),
             extra_code_checks=event_code_checks(),
+            codes_where=event_code_values(),
             reference_checks=[
                 reference_check("person_id", own_people.get_column("person_id"), "person"),
                 reference_check("study_id", study_ids, "study"),

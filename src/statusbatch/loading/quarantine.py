@@ -214,6 +214,16 @@ def _with_padded_codes(frame: pl.DataFrame, table: InputTable, raw_schema: pl.Sc
     return frame
 
 
+def _with_stripped(frame: pl.DataFrame, name: str, rows: pl.Expr) -> pl.DataFrame:
+    """Column `name`'s parsed values without surrounding blanks on the rows where `rows` holds (only
+    those rows' values are stripped, not the whole column)."""
+    at = frame.select(pl.arg_where(rows.fill_null(False) & typed(name).is_not_null())).to_series()
+    if at.len() == 0:
+        return frame
+    stripped = frame.select(typed(name).gather(at).str.strip_chars()).to_series()
+    return frame.with_columns(frame.get_column(_TYPED + name).scatter(at, stripped))
+
+
 def _kind(dtype: pl.DataType) -> str:
     if dtype == TIMESTAMP:
         return "timestamp"
@@ -282,6 +292,7 @@ def quarantine(
     extra_code_checks: list[Check] = (),
     reference_checks: list[Check] = (),
     extra_columns: dict[str, pl.Expr] | None = None,
+    codes_where: Mapping[str, pl.Expr] | None = None,
     exact_duplicates_allowed: bool = False,
     repeated_rows: pl.Series | None = None,
     split: Mapping[str, Part] | None = None,
@@ -289,6 +300,9 @@ def quarantine(
     """Split a file's rows into accepted (contract dtypes) and rejected rows.
 
     `extra_columns` are kept alongside the contract columns (people properties).
+    `codes_where` names text columns that hold a code on the rows where its
+    expression holds (an event's `value`); like code columns, their values
+    there lose surrounding blanks before the checks.
     With `exact_duplicates_allowed`, a row identical to the accepted row of its
     key counts as accepted and adds nothing (events, SPEC §7.6). With `split`,
     the accepted rows come as those parts instead of one frame.
@@ -318,6 +332,8 @@ def quarantine(
         + list(reference_checks)
     )
     frame = _with_padded_codes(frame, table, raw_schema)
+    for name, rows in (codes_where or {}).items():
+        frame = _with_stripped(frame, name, rows)
     computed = {f"__fails_{i}": c.fails(frame) for i, c in enumerate(checks) if callable(c.fails)}
     frame = frame.with_columns(**computed) if computed else frame
     fails = [pl.col(f"__fails_{i}") if callable(c.fails) else c.fails for i, c in enumerate(checks)]

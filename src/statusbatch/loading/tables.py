@@ -7,10 +7,25 @@ import polars as pl
 from statusbatch import codes
 from statusbatch.loading.quarantine import POSITION, Check, parse_date, rows_marked, scoped, typed
 
-__all__ = ["event_code_checks", "reference_check", "participant_reference_check", "SEQUENCE_STATUS_VALUES"]
+__all__ = [
+    "event_code_checks",
+    "event_code_values",
+    "reference_check",
+    "participant_reference_check",
+    "SEQUENCE_STATUS_VALUES",
+]
 
 SEQUENCE_STATUS_VALUES: tuple[str, ...] = codes.SEQUENCE_STATUSES + codes.SEQUENCE_FLAGS
 """What a manual `status_set` / `status_removed` may name (SPEC §3.3)."""
+
+
+CODE_VALUED_EVENTS: tuple[str, ...] = ("participant_status", "status_set", "status_removed")
+"""Event types whose `value` is a code (a participant status, a sequence status or flag)."""
+
+
+def event_code_values() -> dict[str, pl.Expr]:
+    """Where an event's `value` is a code, for `quarantine(codes_where=...)`: padded, it is still the code."""
+    return {"value": typed("event_type").is_in(CODE_VALUED_EVENTS)}
 
 
 def event_code_checks() -> list[Check]:
