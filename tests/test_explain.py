@@ -20,6 +20,7 @@ def db(tmp_path_factory):
             event("e1", "p1", "2026-03-01T09:00:00Z", "invited", study_id="S1"),
             event("e2", "p1", "2026-03-10T09:00:00Z", "invited", study_id="S2"),
             event("e3", "p3", "2026-02-01T08:00:00Z", "opted_out", reason="asked by phone"),
+            event("e4", "p1", "2026-03-05T10:00:00Z", "status_set", sequence_id="Q1", value="paused"),
         ],
     )
     ws.run(as_of="2026-03-20")
@@ -39,8 +40,16 @@ def test_rich_report_names_the_deciding_facts(db):
     # the cooldown: its end, source event and study; the governance row of the second invite
     assert "2026-04-09T09:00:00Z" in out and "e2" in out
     assert "invite e2 to S2 on 2026-03-10 09:00:00Z: in_cooldown, override_required" in out
-    for table in ("cooldowns", "governance_violations", "contact_status_history", "status_changes"):
+    for table in ("cooldowns", "governance_violations", "rejected_transitions", "contact_status_history", "status_changes"):
         assert table in out
+
+
+def test_refused_changes_are_part_of_why(db):
+    """A manual change that was refused explains why a status is not what someone set."""
+    doc = json.loads(explain("--db", str(db), "--json", "p1").output)
+    assert [(r["event_id"], r["model"], r["requested"], r["reason"]) for r in doc["rejected_transitions"]] == [
+        ("e4", "sequence", "paused", "not in the sequence")
+    ]
 
 
 def test_json_is_one_document_with_every_table(db):

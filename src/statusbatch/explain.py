@@ -32,6 +32,7 @@ SLICED_SECTIONS: tuple[str, ...] = (
     "channel_status",
     "archival_candidates",
     "governance_violations",
+    "rejected_transitions",
 )
 """Per-person tables with one slice per as_of, shown when the database has them."""
 
