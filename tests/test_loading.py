@@ -380,6 +380,19 @@ def test_a_ragged_csv_row_stops_the_run_as_an_unreadable_file(ws):
     assert not ws.db.exists()
 
 
+def test_a_ragged_events_row_stops_the_run_before_the_database_is_opened(ws):
+    """The events are read a range at a time once the database is open; a ragged row is found by the
+    first pass instead, so the run writes nothing, not even a `runs` row (§5)."""
+    ws.write(
+        people=[person("p1")],
+        events="event_id,person_id,occurred_at,event_type\n"
+        "e1,p1,2026-03-01T00:00:00Z,opted_out\ne2,p1,2026-03-02T00:00:00Z,opted_out,surplus\n",
+    )
+    result = ws.run(check=False)
+    assert result.exit_code == 2 and "events.csv" in result.stderr
+    assert not ws.db.exists()
+
+
 @pytest.mark.parametrize("known_people", [3, 1000])
 def test_reference_lookup_by_join_finds_exactly_the_unknown_keys(known_people):
     """Fewer keys than known rows (the repeated event ids against everyone) and more (a range's events)."""

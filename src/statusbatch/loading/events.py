@@ -80,6 +80,10 @@ def first_pass(path: Path, scan: pl.LazyFrame, events_per_range: int) -> FirstPa
     read then: most keys repeat within one person's events, and a range reads
     those rows whole anyway.
     """
+    if not path.name.endswith(".parquet"):
+        # a CSV row with too many fields shows only where every column is parsed, which the
+        # ranges' reads would do after the database is opened: found now, before anything is written
+        collect_file(path, scan.select(pl.all().exclude(ROW).null_count()))
     first = collect_file(
         path,
         scan.select(key_hash([_as_text(scan, "event_id")]).alias(_HASH), pl.col("event_id").is_not_null().alias("_id")),
