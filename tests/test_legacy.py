@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import pytest
 from click.testing import CliRunner, Result
 
@@ -58,7 +60,7 @@ def rejected(tmp_path: Path, system: str, stem: str = "legacy") -> list[dict[str
 RALLY = {
     "Free to Contact": [],
     "Active in Study": [],
-    "In Cooldown": [("cooldown_set", "2024-05-30", "")],
+    "In Cooldown": [("cooldown_set", "2024-05-29", "")],
     "Do Not Contact": [("do_not_contact_set", "", "")],
     "Opted Out": [("opted_out", "", "")],
     "In Blocklist": [("blocklist_added", "", "")],
@@ -173,7 +175,53 @@ def test_rally_history_ends_the_previous_status(tmp_path: Path) -> None:
     assert run(tmp_path, "rally", body).exit_code == 0
     by_person = {p: steps([e for e in events(tmp_path) if e["person_id"] == p]) for p in ("P1", "P2")}
     assert by_person["P1"] == [("blocklist_added", "", ""), ("blocklist_removed", "", "")]
-    assert by_person["P2"] == [("opted_out", "", ""), ("opt_out_revoked", "", ""), ("blocklist_added", "", "")]
+    # Active in Study is outranked by In Blocklist (the Rally seed): shown, it means the blocklist ended
+    assert by_person["P2"] == [
+        ("opted_out", "", ""), ("opt_out_revoked", "", ""), ("blocklist_added", "", ""), ("blocklist_removed", "", "")
+    ]
+
+
+def test_active_in_study_ends_only_the_statuses_that_outrank_it(tmp_path: Path) -> None:
+    body = (
+        f"{HEADERS['rally']}\n"
+        "P1,Opted Out,2024-01-01\nP1,Active in Study,2024-02-01\nP1,Active in Study,2024-03-01\n"
+        "P1,Free to Contact,2024-04-01\n"
+        "P2,In Cooldown,2024-01-01\nP2,Active in Study,2024-01-15\n"
+        "P3,Do Not Contact,2024-01-01\nP3,Active in Study,2024-02-01\nP3,Free to Contact,2024-03-01\n"
+    )
+    assert run(tmp_path, "rally", body).exit_code == 0
+    by_person = {p: steps([e for e in events(tmp_path) if e["person_id"] == p]) for p in ("P1", "P2", "P3")}
+    assert by_person["P1"] == [("opted_out", "", ""), ("opt_out_revoked", "", "")]
+    assert by_person["P2"] == [("cooldown_set", "2024-03-30", "")]  # a cooldown may hold beneath it
+    assert by_person["P3"] == [("do_not_contact_set", "", ""), ("do_not_contact_cleared", "", "")]
+
+
+def test_the_same_row_in_another_history_is_another_event(tmp_path: Path) -> None:
+    """A row's first event ends whatever status came before it, so its id names that event: a fuller
+    export imported after a partial one adds the end it needs instead of matching the other's."""
+    partial = f"{HEADERS['rally']}\nM1,Opted Out,2024-01-01\nM1,Free to Contact,2024-03-01\n"
+    fuller = f"{HEADERS['rally']}\nM1,Opted Out,2024-01-01\nM1,In Blocklist,2024-02-01\nM1,Free to Contact,2024-03-01\n"
+    assert run(tmp_path, "rally", partial, name="v1.csv").exit_code == 0
+    assert run(tmp_path, "rally", fuller, name="v2.csv").exit_code == 0
+    written = sorted(events(tmp_path), key=lambda e: (e["occurred_at"], e["event_id"]))
+    assert sorted((e["occurred_at"][:10], e["event_type"]) for e in written) == [
+        ("2024-01-01", "opted_out"),
+        ("2024-02-01", "blocklist_added"),
+        ("2024-02-01", "opt_out_revoked"),
+        ("2024-03-01", "blocklist_removed"),
+        ("2024-03-01", "opt_out_revoked"),
+    ]
+    assert len({e["event_id"] for e in written}) == len(written)
+
+
+def test_events_of_a_status_at_the_end_of_a_day_stay_on_that_day(tmp_path: Path) -> None:
+    """`--as-of D` is the end of day D: a status dated 23:59:59.999999 must hold by then. Events held
+    at the day's end tie; the ids' step numbers keep a row's events in order."""
+    body = f"{HEADERS['rally']}\nP1,Opted Out,2024-01-01\nP1,In Blocklist,2024-03-01T23:59:59.999999Z\n"
+    assert run(tmp_path, "rally", body).exit_code == 0
+    late = [e for e in events(tmp_path) if e["occurred_at"] >= "2024-03-01"]
+    assert {e["occurred_at"] for e in late} == {"2024-03-01T23:59:59.999999Z"}
+    assert [e["event_type"] for e in sorted(late, key=lambda e: e["event_id"])] == ["opt_out_revoked", "blocklist_added"]
 
 
 def test_history_in_reply_and_rapidpro(tmp_path: Path) -> None:
@@ -253,7 +301,7 @@ def test_cooldown_until_or_cooldown_days(tmp_path: Path) -> None:
     values = {e["person_id"]: (e["event_type"], e["value"]) for e in events(tmp_path)}
     assert values == {
         "P1": ("cooldown_set", "2024-04-15"),
-        "P2": ("cooldown_set", "2024-03-31"),
+        "P2": ("cooldown_set", "2024-03-30"),  # 30 days from 2024-03-01: its last day is 03-30
         "P4": ("opted_out", ""),
     }
     [bad] = rejected(tmp_path, "rally")
@@ -450,3 +498,36 @@ def test_imported_directory_is_accepted_by_the_loader(tmp_path: Path) -> None:
     inputs = loading.load_inputs(out)
     assert inputs.rejected_rows.is_empty()
     assert inputs.events.height == len(events(tmp_path))
+
+
+def test_the_run_of_an_imported_directory_gives_the_statuses_the_file_says(tmp_path: Path) -> None:
+    """The round trip (SPEC §6): In Cooldown for exactly --cooldown-days, a status at the last instant
+    of a day holding on that day, Active in Study after Opted Out no longer opted out."""
+    body = (
+        f"{HEADERS['rally']}\n"
+        "C1,In Cooldown,2024-03-01\n"
+        "D1,Opted Out,2024-03-01T23:59:59.999999Z\n"
+        "A1,Opted Out,2024-01-01\nA1,Active in Study,2024-02-01\n"
+    )
+    assert run(tmp_path, "rally", body, "--cooldown-days", "30").exit_code == 0
+    job = tmp_path / "job.toml"
+    job.write_text(f'[job]\ninput = "{tmp_path / "out"}"\ndb = "{tmp_path / "out.duckdb"}"\n')
+    for as_of in ("2024-03-01", "2024-03-30", "2024-03-31"):
+        result = CliRunner().invoke(main, ["run", str(job), "--as-of", as_of, "--quiet"])
+        assert result.exit_code == 0, result.output
+    with duckdb.connect(str(tmp_path / "out.duckdb"), read_only=True) as con:
+        got = con.sql(
+            "select strftime(as_of, '%m-%d'), person_id, contact_status, cooldown_until from contact_status order by all"
+        ).fetchall()
+    ends = datetime(2024, 3, 31)  # 2024-03-01 + 30 days
+    assert got == [
+        ("03-01", "A1", "free_to_contact", None),
+        ("03-01", "C1", "in_cooldown", ends),
+        ("03-01", "D1", "opted_out", None),
+        ("03-30", "A1", "free_to_contact", None),
+        ("03-30", "C1", "in_cooldown", ends),
+        ("03-30", "D1", "opted_out", None),
+        ("03-31", "A1", "free_to_contact", None),
+        ("03-31", "C1", "free_to_contact", None),
+        ("03-31", "D1", "opted_out", None),
+    ]

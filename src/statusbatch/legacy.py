@@ -417,7 +417,9 @@ def _row_checks(system: str, columns: LegacyColumns) -> list[_Check]:
 
 def _parse_rows(frame: pl.DataFrame, system: str, columns: LegacyColumns, cooldown_days: int) -> pl.DataFrame:
     """One typed row per legacy row, with the first problem (if any) that makes it bad."""
-    default_until = pl.col("at").dt.date().dt.offset_by(f"{cooldown_days}d")
+    # the value date is the cooldown's last day (inclusive, SPEC §4): N days from the status date end
+    # at the start of date + N
+    default_until = pl.col("at").dt.date().dt.offset_by(f"{cooldown_days - 1}d")
     return (
         _typed_rows(frame, system, columns)
         .with_columns(*_first_failure(_row_checks(system, columns)))
@@ -461,6 +463,9 @@ class _Step:
     value: pl.Expr | None = None
     channel: str | None = None
     actor: pl.Expr | None = None
+    type_in_id: bool = False
+    """The type depends on the rows before this one (which status is ended), not on the row alone:
+    it is part of the event id, so that the same row in another history is another event."""
 
 
 def _lit(text: str) -> pl.Expr:
@@ -481,27 +486,37 @@ _RALLY_CLEAR = {
 }
 
 
+_OUTRANK_ACTIVE_IN_STUDY = ["opted_out", "in_blocklist"]
+"""Stored statuses that take priority over Active in Study (the Rally seed): a person shown Active
+in Study has neither."""
+
+
 def _rally_steps(rows: pl.DataFrame) -> tuple[pl.DataFrame, list[_Step]]:
     """A stored status is its set event; the previous stored status of the person is ended first.
 
-    Active in Study is computed from participants, so it neither sets nor ends
-    anything; Free to Contact is the absence of the others, so it only ends
-    the previous one. A cooldown after a cooldown is cleared first so that the
-    later row's end wins even when it is earlier.
+    Active in Study is computed from participants, so it sets nothing; it ends
+    only an Opted Out or In Blocklist before it, which would have outranked it
+    (a cooldown or DNC may hold beneath it, so those stay). Free to Contact is
+    the absence of the others, so it only ends the previous one. A cooldown
+    after a cooldown is cleared first so that the later row's end wins even
+    when it is earlier.
     """
     code = pl.col("code")
+    rows = rows.sort("person_id", "at", ROW)
+    starts = _group_starts(["person_id"])
     stored = pl.when(code != "active_in_study").then(code)
-    rows = rows.sort("person_id", "at", ROW).with_columns(
-        _latest_before(stored, _group_starts(["person_id"])).alias("previous")
-    )
+    outranked = _latest_before(stored, starts).is_in(_OUTRANK_ACTIVE_IN_STUDY)
+    # an Active in Study row that ended such a status leaves the person's stored status free
+    stored = stored.fill_null(pl.when(outranked).then(pl.lit("free_to_contact")))
+    rows = rows.with_columns(_latest_before(stored, starts).alias("previous"))
     previous = pl.col("previous")
     ends_previous = (
-        (code != "active_in_study")
+        ((code != "active_in_study") | previous.is_in(_OUTRANK_ACTIVE_IN_STUDY))
         & previous.is_in(list(_RALLY_CLEAR))
         & ((previous != code) | (code == "in_cooldown"))
     )
     steps = [
-        _Step(previous.replace_strict(_RALLY_CLEAR, default=None), ends_previous),
+        _Step(previous.replace_strict(_RALLY_CLEAR, default=None), ends_previous, type_in_id=True),
         _Step(
             code.replace_strict(_RALLY_SET, default=None),
             code.is_in(list(_RALLY_SET)),
@@ -644,7 +659,9 @@ def _plan_events(rows: pl.DataFrame, system: str, steps: list[_Step]) -> pl.Data
 
     Rows of a person at the same instant take successive slots of
     _SLOT_MICROSECONDS, in file order; a row's events are its slot plus the
-    step number, so ties never fall to the event id.
+    step number, so ties never fall to the event id. They never pass the end
+    of the status's UTC day (a status at 23:59:59.999999 holds on its date):
+    events held there tie, and are ordered by their ids' step numbers.
     """
     starts = _group_starts(["person_id", "at"])
     index = pl.int_range(pl.len())
@@ -657,6 +674,7 @@ def _plan_events(rows: pl.DataFrame, system: str, steps: list[_Step]) -> pl.Data
         "person_id",
         "sequence_id",
         (pl.col("at") + pl.duration(microseconds=pl.col("slot") * _SLOT_MICROSECONDS)).alias("slot_at"),
+        (pl.col("at").dt.truncate("1d") + pl.duration(days=1, microseconds=-1)).alias("day_end"),
         pl.format("legacy {}: {}", _lit(system), pl.col("label_key")).alias("reason"),
         *[column for i, step in enumerate(steps) for column in _step_columns(i, step)],
     )
@@ -665,9 +683,15 @@ def _plan_events(rows: pl.DataFrame, system: str, steps: list[_Step]) -> pl.Data
             ROW,
             pl.lit(i, dtype=pl.Int64).alias("step"),
             "row_id",
-            pl.format("{}-{}", "row_id", pl.lit(f"{i:02d}")).alias("event_id"),
+            (
+                pl.format("{}-{}-{}", "row_id", pl.lit(f"{i:02d}"), f"type{i}")
+                if step.type_in_id
+                else pl.format("{}-{}", "row_id", pl.lit(f"{i:02d}"))
+            ).alias("event_id"),
             "person_id",
-            (pl.col("slot_at") + pl.duration(microseconds=i)).dt.strftime(_ISO).alias("occurred_at"),
+            pl.min_horizontal(pl.col("slot_at") + pl.duration(microseconds=i), "day_end")
+            .dt.strftime(_ISO)
+            .alias("occurred_at"),
             pl.col(f"type{i}").alias("event_type"),
             "sequence_id",
             pl.lit(step.channel, dtype=pl.String).alias("channel"),
