@@ -320,6 +320,7 @@ def test_people_only_for_unknown_ids(tmp_path: Path) -> None:
         "P2,p2@x.org,Active,2024-03-01,2023-01-05,2024-02-28T23:30:00Z\n"
         "P3,,Blocked,2024-03-02T10:00:00+01:00,,\n"
         "P3,p3@x.org,Active,2024-03-05,,2024-03-04\n"
+        "P4,,Stopped,2024-03-01,2024-04-01,\n"  # created after its status: it existed by then
     )
     result = run(tmp_path, "rapidpro", body)
     assert result.exit_code == 0, result.output
@@ -332,8 +333,10 @@ def test_people_only_for_unknown_ids(tmp_path: Path) -> None:
          "last_seen_on": "2024-02-28", "country": ""},
         {"person_id": "P3", "email": "p3@x.org", "phone": "", "created_at": "2024-03-02T09:00:00.000000Z",
          "last_seen_on": "2024-03-04", "country": ""},
+        {"person_id": "P4", "email": "", "phone": "", "created_at": "2024-03-01T00:00:00.000000Z",
+         "last_seen_on": "", "country": ""},
     ]  # fmt: skip
-    assert summary(result)["people added"] == 2
+    assert summary(result)["people added"] == 3
 
 
 def test_existing_files_keep_their_own_columns(tmp_path: Path) -> None:

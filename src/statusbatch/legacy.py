@@ -705,13 +705,14 @@ def _plan_events(rows: pl.DataFrame, system: str, steps: list[_Step]) -> pl.Data
 
 
 def _people(rows: pl.DataFrame) -> pl.DataFrame:
-    """One people row per person: earliest creation (or status date), latest email, latest sighting."""
+    """One people row per person: earliest creation (or status date, when earlier: a person must exist
+    when the file says they had a status), latest email, latest sighting."""
     return (
         rows.sort("person_id", "at", ROW)
         .group_by("person_id", maintain_order=True)
         .agg(
             pl.col("email").drop_nulls().last(),
-            pl.coalesce("created_on", "at").min().alias("created_at"),
+            pl.min_horizontal("created_on", "at").min().alias("created_at"),
             pl.col("last_seen_on").max(),
         )
         .select(
