@@ -20,7 +20,14 @@ from statusbatch.loading import EventsShare, InputError, ModelInputs, Workspace,
 from statusbatch.models import channel, contact, facts, governance, history, participants, sequences
 from statusbatch.progress import Reporter
 from statusbatch.publish.parquet import export_parquet
-from statusbatch.publish.store import Publication, RunRecord, open_database, previous_statuses, record_run
+from statusbatch.publish.store import (
+    Publication,
+    RunRecord,
+    open_database,
+    previous_statuses,
+    published_after,
+    record_run,
+)
 from statusbatch.validation import validate_tables
 
 __all__ = [
@@ -208,6 +215,8 @@ class RunSummary:
     as_of: AsOf
     rows: dict[str, int]
     run_inputs: pl.DataFrame
+    next_published: date | None = None
+    """The published as_of after this one, if any: its status_changes compared with an older day."""
 
 
 @dataclass(frozen=True)
@@ -334,6 +343,7 @@ def run_prepared(
             writer.wait()
             with reporter.stage("publish"), _step("publishing failed, nothing was written"):
                 publication.commit(record("success", None))
+            following = published_after(con, as_of.day)
         except BaseException as exc:
             writer.close()
             publication.rollback()
@@ -353,7 +363,7 @@ def run_prepared(
             for name, read, rejected in tables["run_inputs"].select("source_table", "rows_read", "rows_rejected").iter_rows()  # noqa: rows-ok (one row per input table)
         )
     )
-    return RunSummary(run_id, as_of, dict(rows), tables["run_inputs"].drop("run_id"))
+    return RunSummary(run_id, as_of, dict(rows), tables["run_inputs"].drop("run_id"), following)
 
 
 def _read_ahead(workspace: Workspace) -> Iterator[tuple[ModelInputs, EventsShare]]:

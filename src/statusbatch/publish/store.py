@@ -27,6 +27,7 @@ __all__ = [
     "RunRecord",
     "open_database",
     "previous_statuses",
+    "published_after",
     "published_as_ofs",
     "record_run",
 ]
@@ -286,6 +287,12 @@ class Publication:
 def record_run(con: duckdb.DuckDBPyConnection, run: RunRecord) -> None:
     """Log a run on its own (a failed run writes nothing else)."""
     _insert_run(con, run)
+
+
+def published_after(con: duckdb.DuckDBPyConnection, as_of: date) -> date | None:
+    """The first as_of published after `as_of` (a run of an older day than the newest), if any."""
+    (found,) = con.execute(f"SELECT min(as_of) FROM ({_PUBLISHED}) WHERE as_of > ?", [as_of]).fetchone()
+    return found
 
 
 def published_as_ofs(con: duckdb.DuckDBPyConnection) -> set[date]:
