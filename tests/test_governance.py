@@ -120,23 +120,71 @@ def test_opt_outs_and_no_shows_from_the_inviting_study_still_count(tmp_path):
 
 
 def test_only_facts_strictly_before_the_invite_count(tmp_path):
-    """An opt-out at the invite's instant does not count, whatever its event id; a cooldown
-    ending at that instant is over; a clear before the invite ends the cooldown."""
+    """An opt-out at the invite's instant does not count, whatever its event id; a clear before the
+    invite ends the cooldown."""
     got = violations(
         tmp_path,
-        people=[person("p1"), person("p2"), person("p3")],
+        people=[person("p1"), person("p3")],
         studies=[S1, S2],
         events=[
             event("a", "p1", "2026-01-10T00:00:00Z", "opted_out"),
             invite("b", "2026-01-10T00:00:00Z"),
-            invite("c", "2026-01-01T00:00:00Z", person_id="p2"),
-            invite("d", "2026-01-31T00:00:00Z", "S2", person_id="p2"),  # 30 days later: cooldown just ended
             invite("e", "2026-01-01T00:00:00Z", person_id="p3"),
             event("f", "p3", "2026-01-02T00:00:00Z", "cooldown_cleared"),
             invite("g", "2026-01-03T00:00:00Z", "S2", person_id="p3"),
         ],
     )
     assert got == {}
+
+
+def test_time_based_changes_at_the_invites_instant_have_not_happened_just_before_it(tmp_path):
+    """§3.2 "just before it (facts strictly earlier than its occurred_at)"; §4 counts cooldown ends
+    and study openings and closings among the facts. So a cooldown ending at the invite's instant is
+    still in force just before it, a study closing then still makes the person active, one opening
+    then does not yet; a microsecond later all three have happened."""
+    closes, opens = study("S3", closed_at="2026-02-01T00:00:00Z"), study("S4", opened_at="2026-02-01T00:00:00Z")
+    got = violations(
+        tmp_path,
+        people=[person("p1"), person("p2"), person("p3")],
+        studies=[S1, S2, closes, opens],
+        participants=[
+            participant("S3", "p2", "survey_started", "2026-01-05T00:00:00Z"),
+            participant("S4", "p3", "survey_started", "2026-01-05T00:00:00Z"),
+        ],
+        events=[
+            invite("c", "2026-01-01T00:00:00Z"),
+            invite("d", "2026-01-31T00:00:00Z", "S2"),  # S1's 30-day cooldown ends at this instant
+            invite("d2", "2026-01-31T00:00:00.000001Z", "S2", reason="the second try"),
+            invite("h", "2026-02-01T00:00:00Z", person_id="p2"),  # S3 closes at this instant
+            invite("h2", "2026-02-01T00:00:00.000001Z", person_id="p2"),
+            invite("k", "2026-02-01T00:00:00Z", person_id="p3"),  # S4 opens at this instant
+            invite("k2", "2026-02-01T00:00:00.000001Z", person_id="p3"),
+        ],
+    )
+    assert got == {
+        "d": ("in_cooldown", "override_required"),
+        "h": ("active_in_study", "override_required"),
+        "k2": ("active_in_study", "override_required"),
+    }
+
+
+def test_a_rolling_limits_window_reaches_back_to_its_first_instant(tmp_path):
+    """The limit ends when its oldest trigger leaves the window, at t + window_days: an invite at that
+    instant still had the limit in force just before it."""
+    limit = "[cooldown]\nafter_invite_days = 0\n[[cooldown.limits]]\ntrigger = 'invite'\ncount = 2\nwindow_days = 30\n"
+    got = violations(
+        tmp_path,
+        limit,
+        people=[person("p1")],
+        studies=[S1, S2, study("S3")],
+        events=[
+            invite("i1", "2026-01-01T00:00:00Z", "S1"),
+            invite("i2", "2026-01-05T00:00:00Z", "S2"),
+            invite("i3", "2026-01-31T00:00:00Z", "S3"),  # i1 leaves the window at this instant
+            invite("i4", "2026-01-31T00:00:00.000001Z", "S3"),
+        ],
+    )
+    assert got == {"i3": ("in_cooldown", "override_required")}
 
 
 def test_completion_cooldown_of_the_inviting_study_is_left_out_but_not_another_studys(tmp_path):
@@ -163,7 +211,7 @@ def test_rolling_limit_counts_leave_out_the_inviting_studys_own_invites(tmp_path
             invite("i2", "2026-01-12T00:00:00Z"),
             invite("i3", "2026-01-14T00:00:00Z"),  # S1's own invites only: a reminder
             invite("i4", "2026-01-14T00:00:00Z", "S2"),  # two S1 invites in the window: limit
-            invite("i5", "2026-02-11T00:00:00Z", "S2"),  # i1 and i2 left the window, i3 alone is 1 < 2
+            invite("i5", "2026-02-12T00:00:00Z", "S2"),  # i1 and i2 left the window, i3 alone is 1 < 2
             # p2: S1 + S2 invites put an S3 invite under the limit, until a clear
             invite("j1", "2026-01-10T00:00:00Z", person_id="p2"),
             invite("j2", "2026-01-11T00:00:00Z", "S2", person_id="p2"),

@@ -166,7 +166,7 @@ def _latest_with_other_study(triggers: pl.LazyFrame) -> pl.LazyFrame:
 
 def _own_seen(invited: pl.LazyFrame, triggers: pl.LazyFrame, limit: CooldownLimit) -> pl.LazyFrame:
     """own_now, own_then: per invite of `invited` (in its order), how many triggers of its own
-    participant happened before it and by the opening of its window.
+    participant happened before it and before the opening of its window.
 
     Invites and triggers are sorted together by participant and instant; `part`, the
     participant's rank in that order, makes the instant codes of a participant.
@@ -202,7 +202,7 @@ def _own_seen(invited: pl.LazyFrame, triggers: pl.LazyFrame, limit: CooldownLimi
     asked = counted.filter(pl.col("position").is_not_null()).select(
         "position", "part", "own_now", instant_code(pl.col("part"), window).alias("window_code")
     )
-    asked = _as_of(asked, by_then, ["own_then"], on="window_code", owner="part", strictly_before=False)
+    asked = _as_of(asked, by_then, ["own_then"], on="window_code", owner="part")
     return asked.sort("position").select("own_now", "own_then")
 
 
@@ -216,8 +216,8 @@ def limit_in_force(
     """`name`: per invite of `invited` (`_in_fact_order`, in its order), whether the rolling limit
     holds just before it, the inviting study's own triggers taken out of its counts.
 
-    A limit holds at x when at least `count` other-study triggers fall in
-    `(x - window, x)` and the latest of them is after the latest clear: the
+    A limit holds just before x when at least `count` other-study triggers fall in
+    `[x - window, x)` and the latest of them is after the latest clear: the
     latest limit cooldown started after the clear ends when the oldest of the
     last `count` triggers leaves the window (§2, §3.2).
     """
@@ -234,9 +234,7 @@ def limit_in_force(
         "row", "person_key", "study_key", "code", instant_code(pl.col("person_key"), window).alias("window_code")
     )
     checked = _as_of(checked, total.rename({"seen": "total_now"}), ["total_now"])
-    checked = _as_of(
-        checked, total.rename({"seen": "total_then"}), ["total_then"], on="window_code", strictly_before=False
-    )
+    checked = _as_of(checked, total.rename({"seen": "total_then"}), ["total_then"], on="window_code")
     checked = _as_of(checked, latest, ["latest_at", "latest_study", "latest_tie", "other_at", "other_tie"])
     checked = _as_of(checked, latest_clear, ["clear_at", "clear_tie"])
     checked = pl.concat([checked, _own_seen(invited, triggers, limit)], how="horizontal")
@@ -278,7 +276,7 @@ def _flags_before(timelines: ComponentTimelines, as_of: datetime) -> pl.LazyFram
 
 def _latest_ends(spells: pl.LazyFrame, study: pl.Expr, prefix: str) -> pl.LazyFrame:
     """code, person_key, <prefix>_end, <prefix>_study, <prefix>_other: per instant where a person's
-    spells start (`spells` sorted by person_key, from_key), over the spells started by then: the
+    spells start (`spells` sorted by person_key, from_at), over the spells started by then: the
     latest end, the study of a spell ending then, and the latest end of a spell of another study.
 
     Ends are instant codes (a spell still running at T ends at `NEVER`). A spell of a study other
@@ -300,8 +298,8 @@ def _latest_ends(spells: pl.LazyFrame, study: pl.Expr, prefix: str) -> pl.LazyFr
     return (
         spells.select(
             "person_key",
-            instant_code(person, pl.col("from_key")).alias("code"),
-            instant_code(person, pl.col("to_key").cast(pl.Int64).fill_null(NEVER)).alias(end),
+            instant_code(person, pl.col("from_at")).alias("code"),
+            instant_code(person, pl.col("to_at").cast(pl.Int64).fill_null(NEVER)).alias(end),
             study.alias("study"),
         )
         .with_columns(pl.col(end).cum_max().alias(latest))

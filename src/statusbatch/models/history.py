@@ -37,7 +37,7 @@ person. `person_id` strings are attached only to the finished history.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import polars as pl
 
@@ -50,7 +50,6 @@ from statusbatch.models.scans import carried_backward, first_in_run, last_in_run
 
 __all__ = [
     "ComponentTimelines",
-    "MICROSECOND",
     "injective_hash",
     "person_key",
     "instant_code",
@@ -65,9 +64,6 @@ __all__ = [
     "status_of_components",
     "contact_status_history",
 ]
-
-MICROSECOND = timedelta(microseconds=1)
-"""The resolution of every instant: a time-based change at `y` is seen by an invite at `y`."""
 
 _INACTIVE_STAGES = ("not_started", *codes.TERMINAL_STAGES)
 _INACTIVE_STATUSES = [status for status, stage in codes.PARTICIPANT_STAGE.items() if stage in _INACTIVE_STAGES]
@@ -146,9 +142,11 @@ class ComponentTimelines:
     do_not_contact: pl.LazyFrame
     """person_key, at, do_not_contact (the manual flag only)."""
     active_spells: pl.LazyFrame
-    """person_key, study_key, from_at, to_at, from_key, to_key: a participant active in an open study."""
+    """person_key, study_key, from_at, to_at: a participant active in an open study, in force from
+    `from_at` up to (not at) `to_at`."""
     cooldown_spells: pl.LazyFrame
-    """person_key, study_key, source, from_at, to_at, from_key, to_key: a cooldown in force."""
+    """person_key, study_key, source, from_at, to_at: a cooldown in force from `from_at` up to (not at)
+    `to_at`."""
     names: pl.LazyFrame
     """person_key, person_id of everyone with a fact: read only for a person missing from `people`."""
 
@@ -212,7 +210,7 @@ def active_spells(observations: pl.LazyFrame, studies: pl.LazyFrame, study_key: 
     and its study is open: `[max(status start, opened_at), min(status end,
     closed_at))`; a spell still running at T has a null end. `observations`
     (`_keyed`) must be in fact order per participant, as `participant_observations`
-    returns them. Sorted by (person_key, from_key).
+    returns them. Sorted by (person_key, from_at).
     """
     participant = ("study_id", "person_id")
     active = ~pl.col("participant_status").is_in(_INACTIVE_STATUSES)
@@ -231,11 +229,9 @@ def active_spells(observations: pl.LazyFrame, studies: pl.LazyFrame, study_key: 
             pl.col("study_id").alias("study_key"),
             pl.max_horizontal("at", "opened_at").alias("from_at"),
             pl.min_horizontal("status_ends_at", "closed_at").alias("to_at"),
-            pl.max_horizontal("at", pl.col("opened_at") - MICROSECOND).alias("from_key"),
-            pl.min_horizontal("status_ends_at", pl.col("closed_at") - MICROSECOND).alias("to_key"),
         )
         .filter(pl.col("to_at").is_null() | (pl.col("from_at") < pl.col("to_at")))
-        .sort(instant_code(pl.col("person_key"), pl.col("from_key")))
+        .sort(instant_code(pl.col("person_key"), pl.col("from_at")))
     )
 
 
@@ -272,8 +268,6 @@ def cooldown_spells(starts: pl.LazyFrame, clears: pl.LazyFrame) -> pl.LazyFrame:
             "source",
             pl.col("at").alias("from_at"),
             pl.min_horizontal("cleared_at", "cooldown_until").alias("to_at"),
-            pl.col("at").alias("from_key"),
-            pl.min_horizontal("cleared_at", pl.col("cooldown_until") - MICROSECOND).alias("to_key"),
         )
         .filter(pl.col("from_at") < pl.col("to_at"))
     )
