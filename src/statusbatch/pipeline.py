@@ -343,7 +343,6 @@ def run_prepared(
             writer.wait()
             with reporter.stage("publish"), _step("publishing failed, nothing was written"):
                 publication.commit(record("success", None))
-            following = published_after(con, as_of.day)
         except BaseException as exc:
             writer.close()
             publication.rollback()
@@ -353,6 +352,7 @@ def run_prepared(
                 raise RunFailed(str(exc)) from exc
             raise
         writer.close()
+        following = published_after(con, as_of.day)
         if config.job.parquet is not None:
             with reporter.stage("parquet"):
                 export_parquet(con, sorted({*rows, "runs"}), config.job.parquet)
