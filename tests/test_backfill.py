@@ -9,7 +9,6 @@ import pytest
 from conftest import Workspace, cli, event, participant, person, study
 
 import statusbatch.pipeline
-from statusbatch.commands.run import days_to_run_again
 
 KEEP_ALL = "[retention]\nkeep_as_of = 0\n"
 PEOPLE = [person(f"p{i}") for i in range(1, 7)]
@@ -133,42 +132,24 @@ def test_backfill_of_an_input_error_exits_2_and_writes_nothing(tmp_path):
 
 def test_extending_a_backfill_backwards_keeps_the_change_log_right(tmp_path):
     """§4: a day's status_changes compare it with the published day before it. Publishing an earlier
-    day changes which day that is for the first day already published after it, so that day is run
-    again: the log equals one backfill of the whole range."""
+    day makes it that day for the first day already published after it, whose rows the run compares
+    again in its own transaction: the log equals one backfill of the whole range."""
     extended, whole = workspace(tmp_path / "extended"), workspace(tmp_path / "whole")
     assert backfill(extended, "2026-03-09", "2026-03-13").exit_code == 0
     result = backfill(extended, "2026-03-01", "2026-03-14")
     assert result.exit_code == 0, result.output
-    assert "run again after them" in result.output and "2026-03-09" in result.output
     assert backfill(whole, "2026-03-01", "2026-03-14").exit_code == 0
     assert table(extended, "status_changes") == table(whole, "status_changes")
-    assert ws_runs(extended, "2026-03-09") == 2 and ws_runs(extended, "2026-03-10") == 1
+    assert extended.query("select count(*) from runs where as_of = '2026-03-09'") == [(1,)]  # not run again
 
 
-def ws_runs(ws: Workspace, day: str) -> int:
-    return ws.query("select count(*) from runs where as_of = ?", [day])[0][0]
-
-
-@pytest.mark.parametrize(
-    ("published", "todo", "again"),
-    [
-        ([], [1, 2, 3], []),
-        ([1, 2, 3], [4, 5], []),  # resuming: nothing published after the new days
-        ([3, 4, 5], [1, 2], [3]),  # extended backwards
-        ([1, 3, 5], [2, 4], [3, 5]),  # gaps filled: each day after a new one
-        ([1, 2, 3, 4], [2], [3]),  # --force of one day
-        ([1, 2, 3, 4], [2, 3, 4], []),
-    ],
-)
-def test_days_to_run_again_follow_each_block_of_days_to_run(published, todo, again):
-    day = lambda n: date(2026, 3, n)  # noqa: E731
-    got = days_to_run_again({day(n) for n in published} | {day(n) for n in todo}, [day(n) for n in todo])
-    assert got == [day(n) for n in again]
-
-
-def test_running_an_older_day_says_which_later_day_to_run_again(tmp_path):
-    ws = workspace(tmp_path / "ws")
-    ws.run(as_of="2026-03-31")
-    result = ws.run(as_of="2026-03-15")
-    assert "2026-03-31 is already published" in result.stderr and "--as-of 2026-03-31" in result.stderr
-    assert "already published" not in ws.run(as_of="2026-04-01").stderr
+def test_runs_in_any_order_log_the_changes_of_runs_in_date_order(tmp_path):
+    """Days published newest first, then one in between, then one re-run: the log is that of the same
+    days run oldest first."""
+    shuffled, ordered = workspace(tmp_path / "shuffled"), workspace(tmp_path / "ordered")
+    for day in ("2026-03-31", "2026-03-05", "2026-03-15", "2026-03-10", "2026-03-15"):
+        shuffled.run(as_of=day)
+    for day in ("2026-03-05", "2026-03-10", "2026-03-15", "2026-03-31"):
+        ordered.run(as_of=day)
+    assert table(shuffled, "status_changes") == table(ordered, "status_changes")
+    assert len(table(ordered, "status_changes")) > len(PEOPLE), "the days should see status changes"

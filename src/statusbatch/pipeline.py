@@ -20,14 +20,7 @@ from statusbatch.loading import EventsShare, InputError, ModelInputs, Workspace,
 from statusbatch.models import channel, contact, facts, governance, history, participants, sequences
 from statusbatch.progress import Reporter
 from statusbatch.publish.parquet import export_parquet
-from statusbatch.publish.store import (
-    Publication,
-    RunRecord,
-    open_database,
-    previous_statuses,
-    published_after,
-    record_run,
-)
+from statusbatch.publish.store import Publication, RunRecord, open_database, previous_statuses, record_run
 from statusbatch.validation import validate_tables
 
 __all__ = [
@@ -215,8 +208,6 @@ class RunSummary:
     as_of: AsOf
     rows: dict[str, int]
     run_inputs: pl.DataFrame
-    next_published: date | None = None
-    """The published as_of after this one, if any: its status_changes compared with an older day."""
 
 
 @dataclass(frozen=True)
@@ -352,7 +343,6 @@ def run_prepared(
                 raise RunFailed(str(exc)) from exc
             raise
         writer.close()
-        following = published_after(con, as_of.day)
         if config.job.parquet is not None:
             with reporter.stage("parquet"):
                 export_parquet(con, sorted({*rows, "runs"}), config.job.parquet)
@@ -363,7 +353,7 @@ def run_prepared(
             for name, read, rejected in tables["run_inputs"].select("source_table", "rows_read", "rows_rejected").iter_rows()  # noqa: rows-ok (one row per input table)
         )
     )
-    return RunSummary(run_id, as_of, dict(rows), tables["run_inputs"].drop("run_id"), following)
+    return RunSummary(run_id, as_of, dict(rows), tables["run_inputs"].drop("run_id"))
 
 
 def _read_ahead(workspace: Workspace) -> Iterator[tuple[ModelInputs, EventsShare]]:

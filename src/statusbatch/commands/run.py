@@ -17,7 +17,7 @@ from statusbatch.pipeline import AsOf, RunFailed, default_as_of, dnc_rules, pars
 from statusbatch.progress import Reporter
 from statusbatch.publish.store import DatabaseLockedError, open_database, published_as_ofs
 
-__all__ = ["run", "validate", "backfill", "days_to_run_again", "fail", "load_config"]
+__all__ = ["run", "validate", "backfill", "fail", "load_config"]
 
 
 def fail(message: str, code: int) -> None:
@@ -80,13 +80,6 @@ def run(job_file: str, as_of: str | None, input_dir: str | None, db: str | None,
         fail(f"run failed: {exc}", 1)
     rows = ", ".join(f"{name} {count}" for name, count in summary.rows.items())
     reporter.log(f"published as_of {summary.as_of.day} (run {summary.run_id}): {rows}")
-    if summary.next_published is not None:
-        click.echo(
-            f"statusbatch: note: {summary.next_published} is already published; its status_changes still compare "
-            f"with the day before {summary.as_of.day}. Run --as-of {summary.next_published} again to log them "
-            "against this one (statusbatch backfill does so itself).",
-            err=True,
-        )
 
 
 @click.command("validate")
@@ -106,18 +99,6 @@ def validate(job_file: str, input_dir: str | None) -> None:
     if inputs.rejected_rows.height > shown.height:
         click.echo(f"  … and {inputs.rejected_rows.height - shown.height} more rejected rows")
     click.echo(f"{config.path.name}: configuration ok, {len(config.do_not_contact)} do_not_contact rules compiled")
-
-
-def days_to_run_again(published: set[date], todo: list[date]) -> list[date]:
-    """Published days that follow a day about to be (re)published and are not themselves in `todo`.
-
-    A day's status_changes compare it with the published day before it: once
-    that day is new or recomputed, the following day's rows compare with the
-    wrong statuses until it is run again (after it, in date order).
-    """
-    running = set(todo)
-    ordered = sorted(published | running)
-    return [later for day, later in zip(ordered, ordered[1:]) if day in running and later not in running]
 
 
 @click.command("backfill")
@@ -148,12 +129,7 @@ def backfill(job_file: str, first: str, last: str, force: bool, input_dir: str |
                 with open_database(config.job.db, lock_timeout) as con:
                     done = published_as_ofs(con)
             todo = [d for d in days if force or d not in done]
-            again = days_to_run_again(done, todo)
             log.log(f"backfill {start} → {end}: {len(days)} days, {len(days) - len(todo)} already published")
-            if again:
-                listed = ", ".join(d.isoformat() for d in again)
-                log.log(f"run again after them, so that their status_changes compare with the new day before: {listed}")
-            todo = sorted({*todo, *again})
             with Progress(console=log.console, disable=not log.interactive) as progress:
                 task = progress.add_task("backfill", total=len(todo))
                 for day in todo:

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from statusbatch.validation import SLICED_TABLES
+from statusbatch.validation import SLICED_TABLES, validate_tables
 
 __all__ = [
     "DatabaseLockedError",
@@ -27,7 +27,6 @@ __all__ = [
     "RunRecord",
     "open_database",
     "previous_statuses",
-    "published_after",
     "published_as_ofs",
     "record_run",
 ]
@@ -221,6 +220,46 @@ INSERT_ROW_GROUPS = 4
 at commit). M's 7.5M rows took DuckDB 7-9 s as one INSERT per range and table (63), 4.8-5.2 s so."""
 
 
+_FOLLOWING = "statusbatch_following_statuses"
+"""A temporary table of the run's transaction: each person's status at the next published as_of."""
+
+
+def _note_following(con: duckdb.DuckDBPyConnection, as_of: date) -> date | None:
+    """The as_of published next after this run's, with each person's status there, read from the
+    change log before this run rewrites its own day: the statuses its status_changes must now be
+    compared against this day's (None when this run's day is the newest)."""
+    if not _table_exists(con, "status_changes"):
+        return None
+    following = published_after(con, as_of)
+    if following is not None:
+        con.execute(
+            f'CREATE TEMP TABLE "{_FOLLOWING}" AS SELECT person_id, arg_max(contact_status, as_of) AS contact_status '
+            "FROM status_changes WHERE as_of <= ? GROUP BY person_id",
+            [following],
+        )
+    return following
+
+
+def _revise_following(con: duckdb.DuckDBPyConnection, as_of: date, following: date) -> None:
+    """The next published day's status_changes, compared again with its new day before: this run's.
+
+    A day's rows compare it with the published day before it (SPEC §4); a run
+    of an earlier day than the newest becomes that day for the next one. Its
+    rows are validated like every table and replace the old ones in this
+    run's transaction.
+    """
+    revised = con.sql(
+        f"SELECT ?::DATE AS as_of, f.person_id, c.contact_status AS previous_status, f.contact_status "
+        f'FROM "{_FOLLOWING}" f LEFT JOIN contact_status c ON c.as_of = ? AND c.person_id = f.person_id '
+        "WHERE c.contact_status IS DISTINCT FROM f.contact_status ORDER BY f.person_id",
+        params=[following, as_of],
+    ).pl()
+    validate_tables({"status_changes": revised})
+    _clear(con, "status_changes", "as_of = ?", [following])
+    _append(con, "status_changes", revised)
+    con.execute(f'DROP TABLE "{_FOLLOWING}"')
+
+
 class Publication:
     """One run's tables written in one transaction, a share of people at a time: all or nothing.
 
@@ -236,6 +275,7 @@ class Publication:
         self._started: set[str] = set()
         self._waiting: dict[str, list[pl.DataFrame]] = {}
         con.execute("BEGIN TRANSACTION")
+        self._following = _note_following(con, as_of)
 
     def append(self, tables: dict[str, pl.DataFrame]) -> None:
         """Add rows to the run's tables; they go in by whole row groups, the rest at `commit`."""
@@ -273,6 +313,8 @@ class Publication:
 
     def commit(self, run: RunRecord) -> None:
         self._flush()
+        if self._following is not None:
+            _revise_following(self._con, self._as_of, self._following)
         _insert_run(self._con, run)
         for name in sorted(self._started & set(SLICED_TABLES)):
             _prune(self._con, name, self._keep_as_of)
