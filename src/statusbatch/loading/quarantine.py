@@ -348,7 +348,9 @@ def quarantine(
         frame = _with_duplicate_checks(frame, key, maybe, raw_columns, exact_duplicates_allowed)
     checks.append(_duplicate_check(table))
 
-    bad = frame.filter(pl.col(_BAD) | pl.col("__kept_row").is_not_null()).with_columns(
+    # one chunk per column: Polars 2.1's `format` panics over a column whose chunks a filter left empty
+    # (a CSV read in several chunks); the bad rows are few, so this costs nothing
+    bad = frame.filter(pl.col(_BAD) | pl.col("__kept_row").is_not_null()).rechunk().with_columns(
         pl.when(pl.col("__kept_row").is_not_null())
         .then(pl.lit(len(checks) - 1, dtype=pl.UInt16))
         .otherwise(_first_failing(fails) if fails else pl.lit(None, dtype=pl.UInt16))
