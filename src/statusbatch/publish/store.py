@@ -121,13 +121,21 @@ def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     )
 
 
+def _logged_statuses(days: str) -> str:
+    """SQL: each person's contact status at the latest logged day that `days` (a condition on
+    `as_of`) allows: the change log holds every person's first status and every change since."""
+    return (
+        "SELECT person_id, arg_max(contact_status, as_of) AS contact_status "
+        f"FROM status_changes WHERE {days} GROUP BY person_id"
+    )
+
+
 def previous_statuses(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFrame:
     """Each person's contact status at the latest earlier-dated run, rebuilt from the change log."""
     if not _table_exists(con, "status_changes"):
         return pl.DataFrame(schema={"person_id": pl.String, "previous_status": pl.String})
     return con.sql(
-        "SELECT person_id, arg_max(contact_status, as_of) AS previous_status "
-        "FROM status_changes WHERE as_of < ? GROUP BY person_id",
+        f"SELECT person_id, contact_status AS previous_status FROM ({_logged_statuses('as_of < ?')})",
         params=[as_of],
     ).pl()
 
@@ -232,11 +240,7 @@ def _note_following(con: duckdb.DuckDBPyConnection, as_of: date) -> date | None:
         return None
     following = published_after(con, as_of)
     if following is not None:
-        con.execute(
-            f'CREATE TEMP TABLE "{_FOLLOWING}" AS SELECT person_id, arg_max(contact_status, as_of) AS contact_status '
-            "FROM status_changes WHERE as_of <= ? GROUP BY person_id",
-            [following],
-        )
+        con.execute(f'CREATE TEMP TABLE "{_FOLLOWING}" AS {_logged_statuses("as_of <= ?")}', [following])
     return following
 
 
