@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
 
+import duckdb
 import polars as pl
 import pytest
 from conftest import STATUSBATCH, Workspace, cli, event, participant, person, statusbatch_env, study
@@ -180,6 +181,19 @@ def test_rerunning_an_as_of_gives_identical_tables_and_replaces_its_slice(ws):
         assert ws.frame(f"select * from {t} order by all").equals(first[t]), t
     assert ws.query("select count(*), count(distinct run_id) from runs where outcome = 'success'") == [(2, 2)]
     assert ws.query("select count(distinct run_id) from run_inputs") == [(2,)]
+
+
+def test_a_file_written_before_a_column_existed_gets_the_column_and_keeps_its_rows(ws):
+    basic(ws).run(as_of="2026-03-30")
+    con = duckdb.connect(str(ws.db))
+    con.execute("ALTER TABLE contact_status DROP COLUMN reason")  # as an older version wrote it
+    con.execute("CREATE OR REPLACE VIEW contact_status_latest AS SELECT * FROM contact_status")
+    con.close()
+    ws.run(as_of="2026-03-31")
+    assert ws.query("select as_of, count(*), count(reason) from contact_status group by 1 order by 1") == [
+        (date(2026, 3, 30), 3, 0),
+        (date(2026, 3, 31), 3, 3),
+    ]
 
 
 def test_two_as_ofs_keep_two_slices_and_latest_views_show_the_newest(ws):

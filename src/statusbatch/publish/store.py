@@ -116,9 +116,24 @@ def open_database(path: Path, lock_timeout: float, read_only: bool = False) -> I
 def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(
         con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [name]
+            "SELECT count(*) FROM duckdb_tables() "
+            "WHERE database_name = current_database() AND schema_name = 'main' AND table_name = ?",
+            [name],
         ).fetchall()[0][0]
     )
+
+
+def _catalogue(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    """The file's tables with their columns. A publication reads this once and keeps it up to
+    date: a catalogue query costs milliseconds, and a run would otherwise ask about thirty times."""
+    rows = con.execute(
+        "SELECT t.table_name, c.column_name FROM duckdb_tables() t JOIN duckdb_columns() c USING (table_oid) "
+        "WHERE t.database_name = current_database() AND t.schema_name = 'main'"
+    ).fetchall()
+    tables: dict[str, set[str]] = {}
+    for table, column in rows:  # noqa: rows-ok (one row per column of the file's tables)
+        tables.setdefault(table, set()).add(column)
+    return tables
 
 
 def _logged_statuses(days: str) -> str:
@@ -140,14 +155,19 @@ def previous_statuses(con: duckdb.DuckDBPyConnection, as_of: date) -> pl.DataFra
     ).pl()
 
 
-def _ensure_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    if not _table_exists(con, name):
+def _ensure_table(con: duckdb.DuckDBPyConnection, name: str, columns: list[str], tables: dict[str, set[str]]) -> bool:
+    """Create `name` from the registered frame, or add the frame's new `columns`; `tables` (the
+    catalogue) is kept up to date. True when the table was new."""
+    existing = tables.get(name)
+    if existing is None:
         con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM frame LIMIT 0')
+        tables[name] = set(columns)
         return True
-    existing = {row[0] for row in con.execute(f'DESCRIBE "{name}"').fetchall()}
-    for column, column_type, *_ in con.execute("DESCRIBE frame").fetchall():  # noqa: rows-ok (one row per column)
-        if column not in existing:
-            con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{column}" {column_type}')
+    if not existing.issuperset(columns):
+        for column, column_type, *_ in con.execute("DESCRIBE frame").fetchall():  # noqa: rows-ok (one row per column)
+            if column not in existing:
+                con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{column}" {column_type}')
+                existing.add(column)
     return False
 
 
@@ -155,13 +175,13 @@ def _clear(con: duckdb.DuckDBPyConnection, name: str, where: str, params: list) 
     con.execute(f'DELETE FROM "{name}" WHERE {where}', params)
 
 
-def _append(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> bool:
+def _append(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame, tables: dict[str, set[str]]) -> bool:
     """Insert `frame` (creating the table or its new columns); True when the table was new."""
     # one contiguous chunk per column: DuckDB's Arrow scan is up to twice as slow over many small chunks;
     # strings as Arrow views, Polars' own layout: the default (offsets) copied every string once more
     con.register("frame", frame.rechunk().to_arrow(compat_level=pl.CompatLevel.newest()))
     try:
-        created = _ensure_table(con, name)
+        created = _ensure_table(con, name, frame.columns, tables)
         con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM frame')
     finally:
         con.unregister("frame")
@@ -232,11 +252,11 @@ _FOLLOWING = "statusbatch_following_statuses"
 """A temporary table of the run's transaction: each person's status at the next published as_of."""
 
 
-def _note_following(con: duckdb.DuckDBPyConnection, as_of: date) -> date | None:
+def _note_following(con: duckdb.DuckDBPyConnection, as_of: date, tables: dict[str, set[str]]) -> date | None:
     """The as_of published next after this run's, with each person's status there, read from the
     change log before this run rewrites its own day: the statuses its status_changes must now be
     compared against this day's (None when this run's day is the newest)."""
-    if not _table_exists(con, "status_changes"):
+    if "status_changes" not in tables:
         return None
     following = published_after(con, as_of)
     if following is not None:
@@ -244,7 +264,7 @@ def _note_following(con: duckdb.DuckDBPyConnection, as_of: date) -> date | None:
     return following
 
 
-def _revise_following(con: duckdb.DuckDBPyConnection, as_of: date, following: date) -> None:
+def _revise_following(con: duckdb.DuckDBPyConnection, as_of: date, following: date, tables: dict[str, set[str]]) -> None:
     """The next published day's status_changes, compared again with its new day before: this run's.
 
     A day's rows compare it with the published day before it (SPEC §4); a run
@@ -260,7 +280,7 @@ def _revise_following(con: duckdb.DuckDBPyConnection, as_of: date, following: da
     ).pl()
     validate_tables({"status_changes": revised})
     _clear(con, "status_changes", "as_of = ?", [following])
-    _append(con, "status_changes", revised)
+    _append(con, "status_changes", revised, tables)
     con.execute(f'DROP TABLE "{_FOLLOWING}"')
 
 
@@ -279,7 +299,8 @@ class Publication:
         self._started: set[str] = set()
         self._waiting: dict[str, list[pl.DataFrame]] = {}
         con.execute("BEGIN TRANSACTION")
-        self._following = _note_following(con, as_of)
+        self._tables = _catalogue(con)
+        self._following = _note_following(con, as_of, self._tables)
 
     def append(self, tables: dict[str, pl.DataFrame]) -> None:
         """Add rows to the run's tables; they go in by whole row groups, the rest at `commit`."""
@@ -302,23 +323,25 @@ class Publication:
 
     def _insert(self, name: str, frame: pl.DataFrame) -> None:
         if name == "run_inputs":
-            self._con.execute(RUN_INPUTS_DDL)
-            _append(self._con, name, frame)
+            if name not in self._tables:
+                self._con.execute(RUN_INPUTS_DDL)
+                self._tables[name] = _catalogue(self._con)[name]
+            _append(self._con, name, frame, self._tables)
         else:
             self._append_replacing(name, frame)
 
     def _append_replacing(self, name: str, frame: pl.DataFrame) -> None:
         first = name not in self._started
         self._started.add(name)
-        if first and _table_exists(self._con, name):
+        if first and name in self._tables:
             where = _REPLACED.get(name, "as_of = ?")
             _clear(self._con, name, where, [self._as_of] if "?" in where else [])
-        _append(self._con, name, frame)
+        _append(self._con, name, frame, self._tables)
 
     def commit(self, run: RunRecord) -> None:
         self._flush()
         if self._following is not None:
-            _revise_following(self._con, self._as_of, self._following)
+            _revise_following(self._con, self._as_of, self._following, self._tables)
         _insert_run(self._con, run)
         for name in sorted(self._started & set(SLICED_TABLES)):
             _prune(self._con, name, self._keep_as_of)
