@@ -18,8 +18,9 @@ run: $(STAMP)
 	$(BIN)/statusbatch run jobs/nightly.toml $(if $(AS_OF),--as-of $(AS_OF))
 	@echo "Query it: $(BIN)/python -c \"import duckdb; print(duckdb.connect('out/statusbatch.duckdb', read_only=True).sql('select contact_status, count(*) from contact_status_latest group by all order by 2 desc'))\""
 
+# one pytest worker per core: most tests are small runs whose time is Python's, on one core each
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(foreach s,$(SCALE),--scale $(s))
