@@ -321,6 +321,11 @@ def test_parquet_option_writes_every_table_as_parquet(ws, tmp_path):
     assert frame.filter(pl.col("person_id") == "p3")["contact_status"].to_list() == ["active_in_study"]
 
 
+def test_parquet_directory_may_have_a_quote_in_its_name(ws, tmp_path):
+    basic(ws).run("--parquet", str(tmp_path / "o'brien's exports"))
+    assert pl.read_parquet(tmp_path / "o'brien's exports" / "contact_status.parquet").height == 3
+
+
 def test_parquet_from_the_job_file_is_relative_to_the_job_file(ws):
     ws.write(people=[person("p1")])
     ws.job.write_text(ws.job.read_text().replace("[job]\n", '[job]\nparquet = "pq"\n'))

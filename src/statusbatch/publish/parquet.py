@@ -18,7 +18,8 @@ def export_parquet(con: duckdb.DuckDBPyConnection, tables: list[str], directory:
         for name in tables:
             final = directory / f"{name}.parquet"
             temporary = directory / f".{name}.parquet.tmp"
-            con.execute(f"COPY (SELECT * FROM \"{name}\") TO '{temporary.as_posix()}' (FORMAT parquet)")
+            target = temporary.as_posix().replace("'", "''")  # a string literal: COPY takes no parameter
+            con.execute(f"COPY (SELECT * FROM \"{name}\") TO '{target}' (FORMAT parquet)")
             staged.append((temporary, final))
         for temporary, final in staged:
             os.replace(temporary, final)
