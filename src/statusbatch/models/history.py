@@ -17,11 +17,11 @@ Components as timelines:
   earlier of `cooldown_until` and the next `cooldown_cleared`); +1 / -1 and a
   running sum. The end needs no event: it is a change point of its own.
 
-Spells carry two instants per end: `at`, when the change takes effect, and
-`key`, the instant that `governance.py` compares strictly with an invite's
-time (a fact at `y` counts for an invite at `x` when `y < x`; a time-based
-change at `y` — a cooldown expiring, a study opening or closing — when
-`y <= x`, hence `key = y - 1µs`).
+A spell is in force from `from_at` up to (not at) `to_at`. `governance.py`
+reads the same spells just before an invite at `x`: a spell counts when
+`from_at < x <= to_at`, whether its ends are events or time-based changes
+(a cooldown expiring, a study opening or closing), since SPEC §3.2 reads
+only facts strictly earlier than the invite.
 
 Rule-based do-not-contact has no history in the exports and is left out.
 
