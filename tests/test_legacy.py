@@ -11,6 +11,7 @@ import duckdb
 import pytest
 from click.testing import CliRunner, Result
 
+import statusbatch.legacy as legacy
 from statusbatch.cli import main
 from statusbatch.legacy import COMPUTED_LABELS, LABELS
 
@@ -387,6 +388,36 @@ def test_importing_twice_changes_nothing(tmp_path: Path) -> None:
         assert again.exit_code == 0
         assert summary(again)["events written"] == 0 and summary(again)["people added"] == 0
     assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("failing", ["people", "events", "rejected"])
+@pytest.mark.parametrize("first_import", [True, False])
+def test_an_import_that_fails_while_writing_leaves_the_directory_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, first_import: bool
+) -> None:
+    out = tmp_path / "out"
+    if not first_import:
+        assert invoke("rally", SAMPLES / "rally.csv", out).exit_code == 0
+    before = _snapshot(out) if out.exists() else {}
+    real_append, real_rejected = legacy._append, legacy._write_rejected
+
+    def append(path: Path, *args: object) -> None:
+        real_append(path, *args)
+        if path.stem == failing:
+            raise OSError(28, "No space left on device")
+
+    def write_rejected(*args: object) -> object:
+        if failing == "rejected":
+            raise KeyboardInterrupt
+        return real_rejected(*args)
+
+    monkeypatch.setattr(legacy, "_append", append)
+    monkeypatch.setattr(legacy, "_write_rejected", write_rejected)
+    result = invoke("reply", SAMPLES / "reply.csv", out)
+    assert result.exit_code != 0
+    if failing != "rejected":
+        assert result.exit_code == 2 and "No space left on device" in result.output
+    assert (_snapshot(out) if out.exists() else {}) == before
 
 
 @pytest.mark.parametrize("system", ["rally", "reply", "rapidpro"])

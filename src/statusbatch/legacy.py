@@ -14,6 +14,8 @@ docs/migration.md explains every mapping and decision.
 from __future__ import annotations
 
 import codecs
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -810,6 +812,24 @@ def _ends_with_newline(path: Path) -> bool:
         return handle.read(1) in (b"\n", b"\r")
 
 
+@contextlib.contextmanager
+def _all_or_nothing(paths: list[Path]) -> Iterator[None]:
+    """An import that fails while writing (an error, Ctrl-C) leaves `paths` as they were: each file
+    is cut back to its old length, or removed if the import created it."""
+    sizes = {path: path.stat().st_size if path.exists() else None for path in paths}
+    try:
+        yield
+    except BaseException:
+        for path, size in sizes.items():
+            with contextlib.suppress(OSError):
+                if size is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    with path.open("r+b") as handle:
+                        handle.truncate(size)
+        raise
+
+
 def _write_header_only(out_dir: Path, name: str) -> None:
     """The run needs every required table: an empty studies/participants file makes DIR complete."""
     if not _table_files(out_dir, name):
@@ -933,13 +953,15 @@ def import_legacy_file(
     if reencoded:
         notes.append(f"{reencoded} row(s) were not UTF-8 and were read as Windows-1252")
 
+    written = [people_path, events_path, *(out_dir / f"{name}.csv" for name in ("studies", "participants"))]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _append(people_path, people_header, input_table("people"), new_people)
-        _append(events_path, events_header, input_table("events"), new_events)
-        for name in ("studies", "participants"):
-            _write_header_only(out_dir, name)
-        rejected_file = _write_rejected(out_dir, system, source, rejected)
+        with _all_or_nothing(written):
+            _append(people_path, people_header, input_table("people"), new_people)
+            _append(events_path, events_header, input_table("events"), new_events)
+            for name in ("studies", "participants"):
+                _write_header_only(out_dir, name)
+            rejected_file = _write_rejected(out_dir, system, source, rejected)
     except OSError as exc:
         raise LegacyImportError(f"{out_dir}: cannot write ({exc.strerror or exc})") from exc
 
