@@ -2,13 +2,12 @@
 
 Every `invited` event at or before T is checked against the person's contact
 status just before it, read from the component timelines of `history.py` with
-backward as-of joins that exclude exact matches:
-
-- facts count when strictly earlier than the invite (`occurred_at`), whatever
-  their event id: an opt-out at the very instant of an invite does not make it
-  a violation;
-- time-based changes (a cooldown expiring, a study opening or closing) count
-  at or before the invite: an invite at the instant a cooldown ends is fine.
+backward as-of joins that exclude exact matches: only what happened strictly
+earlier than the invite's `occurred_at` counts, whatever the event ids. That
+holds for events (an opt-out at the very instant of an invite does not make it
+a violation) and for time-based changes alike (a cooldown ending at the
+invite's instant is still in force just before it; a study opening then is
+not yet open).
 
 What the inviting study itself contributes is left out: its participant's
 share of active_in_study, the cooldowns its own invites and completions
