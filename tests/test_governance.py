@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import Workspace, event, participant, person, study
-from test_history import timelines
+from test_history import published
 
 from statusbatch.config import load_job
 from statusbatch.loading import load_inputs
-from statusbatch.models import facts, governance, participants
 from statusbatch.pipeline import parse_as_of
 
 S1, S2 = study("S1"), study("S2")
@@ -22,12 +21,7 @@ def violations(tmp_path: Path, job_body: str = "", as_of: str = "2026-03-31", **
     t = parse_as_of(as_of).instant
     inputs, config = load_inputs(ws.input), load_job(ws.job)
     assert inputs.rejected_rows.height == 0, inputs.rejected_rows
-    people, components = timelines(inputs, ws.job, t)
-    events = facts.events_as_of(inputs.events.lazy(), people, t)
-    observations = participants.participant_observations(
-        facts.participants_as_of(inputs.participants.lazy(), people, t), events, t
-    )
-    frame = governance.governance_violations(events, observations, components, config.cooldown, t).collect()
+    _, frame = published(inputs, config, t)
     return {r["event_id"]: (str(r["status_at_invite"]), str(r["kind"])) for r in frame.iter_rows(named=True)}
 
 
@@ -117,6 +111,24 @@ def test_opt_outs_and_no_shows_from_the_inviting_study_still_count(tmp_path):
         events=[invite("i1", "2026-01-10T00:00:00Z"), invite("i2", "2026-01-10T00:00:00Z", person_id="p2")],
     )
     assert got == {"i1": ("in_blocklist", "not_overridable"), "i2": ("opted_out", "not_overridable")}
+
+
+def test_an_observation_dated_before_its_participant_was_added_counts_from_added_at(tmp_path):
+    """A hard bounce dated before its participant was added counts for invites after the add."""
+    got = violations(
+        tmp_path,
+        NO_AUTO,
+        people=[person("p1")],
+        studies=[S1, S2],
+        participants=[participant("S1", "p1", "not_contacted", added="2026-02-01T00:00:00Z")],
+        events=[
+            event("e1", "p1", "2026-01-10T00:00:00Z", "participant_status", study_id="S1", value="hard_bounced"),
+            invite("i1", "2026-01-15T00:00:00Z", "S2"),
+            invite("i2", "2026-02-01T00:00:00Z", "S2"),
+            invite("i3", "2026-02-01T00:00:00.000001Z", "S2"),
+        ],
+    )
+    assert got == {"i3": ("opted_out", "not_overridable")}
 
 
 def test_only_facts_strictly_before_the_invite_count(tmp_path):

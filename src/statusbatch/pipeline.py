@@ -17,7 +17,7 @@ from statusbatch.config import JobConfig
 from statusbatch.config.conditions import compile_condition, condition_schema
 from statusbatch.engine import ENGINE
 from statusbatch.loading import EventsShare, InputError, ModelInputs, Workspace, open_workspace
-from statusbatch.models import channel, contact, facts, governance, history, participants, sequences
+from statusbatch.models import channel, contact, facts, governance, history, participants, revealed, sequences
 from statusbatch.progress import Reporter
 from statusbatch.publish.parquet import export_parquet
 from statusbatch.publish.store import Publication, RunRecord, open_database, previous_statuses, record_run
@@ -32,6 +32,7 @@ __all__ = [
     "compute_tables",
     "contact_models",
     "default_as_of",
+    "history_and_violations",
     "parse_as_of",
     "prepare",
     "published_form",
@@ -121,6 +122,29 @@ def contact_models(inputs: ModelInputs, config: JobConfig, as_of: AsOf, rules: d
     return ContactModels(people, research_events, observations, participant_status, opt_outs, cooldowns, contact_status)
 
 
+def history_and_violations(
+    people: pl.LazyFrame,
+    events: pl.LazyFrame,
+    observations: pl.LazyFrame,
+    studies: pl.LazyFrame,
+    config: JobConfig,
+    as_of: datetime,
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """contact_status_history and governance_violations, both read from the component timelines;
+    exact too for observations dated before their participant was added (`revealed`)."""
+
+    def audit(people: pl.LazyFrame, events: pl.LazyFrame, observations: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+        timelines = history.component_timelines(
+            people, events, observations, studies, config.cooldown, config.blocklist.no_show_threshold
+        ).materialized()
+        return (
+            history.contact_status_history(people, timelines, as_of),
+            governance.governance_violations(events, observations, timelines, config.cooldown, as_of),
+        )
+
+    return revealed.revealed(people, events, observations, *audit(people, events, observations), audit)
+
+
 def range_tables(
     inputs: ModelInputs, config: JobConfig, as_of: AsOf, rules: dict[str, pl.Expr]
 ) -> dict[str, pl.LazyFrame]:
@@ -129,9 +153,9 @@ def range_tables(
     c = contact_models(inputs, config, as_of, rules)
     people, research_events, observations = c.people, c.research_events, c.observations
     messaging_events = facts.events_as_of(inputs.event_logs["messaging"].lazy(), inputs.people.lazy(), t)
-    timelines = history.component_timelines(
-        people, research_events, observations, inputs.studies.lazy(), config.cooldown, config.blocklist.no_show_threshold
-    ).materialized()
+    status_history, violations = history_and_violations(
+        people, research_events, observations, inputs.studies.lazy(), config, t
+    )
     # the machine reads the whole log (it applies T itself, so no filtered copy of 11M events);
     # the pairs of people not yet created are dropped from its results
     sequence = sequences.sequence_machine(
@@ -163,10 +187,8 @@ def range_tables(
             delete_after_archived_days=config.dormancy.delete_after_archived_days,
         ),
         "rejected_transitions": pl.concat([sequence_rejected, messaging.rejected]),
-        "contact_status_history": history.contact_status_history(people, timelines, t),
-        "governance_violations": governance.governance_violations(
-            research_events, observations, timelines, config.cooldown, t
-        ),
+        "contact_status_history": status_history,
+        "governance_violations": violations,
     }
 
 

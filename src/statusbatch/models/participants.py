@@ -34,7 +34,8 @@ def study_is_open(as_of: datetime) -> pl.Expr:
 
 
 def participant_observations(participants: pl.LazyFrame, events: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
-    """Every observation of a participant's status at or before T, in fact order.
+    """Every observation of a participant's status at or before T, in fact order, with the
+    participant's `added_at` (an observation may be dated before it: see `revealed.py`).
 
     The export row counts as one observation at `status_updated_at` (or
     `added_at`); it has no event id, so an event at the same instant wins.
@@ -45,16 +46,18 @@ def participant_observations(participants: pl.LazyFrame, events: pl.LazyFrame, a
         pl.coalesce("status_updated_at", "added_at").alias("at"),
         pl.lit(None, dtype=pl.String).alias("event_id"),
         "participant_status",
+        "added_at",
     )
     from_events = (
         events.filter(pl.col("event_type") == "participant_status")
-        .join(participants.select("study_id", "person_id"), on=["study_id", "person_id"], how="semi")
+        .join(participants.select("study_id", "person_id", "added_at"), on=["study_id", "person_id"])
         .select(
             "study_id",
             "person_id",
             pl.col("occurred_at").alias("at"),
             "event_id",
             pl.col("value").cast(codes.ParticipantStatus).alias("participant_status"),
+            "added_at",
         )
     )
     return (
