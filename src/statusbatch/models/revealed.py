@@ -41,10 +41,9 @@ def backdated_participants(observations: pl.LazyFrame) -> pl.DataFrame:
 def visibility_windows(backdated: pl.DataFrame) -> pl.DataFrame:
     """person_id, window, from_at, to_at: each person's windows [from_at, to_at), cut at every
     `added_at` of a backdated participant; window 0 has no start, the last one no end."""
-    reveals = backdated.select("person_id", pl.col("added_at").alias("from_at")).unique().sort("person_id", "from_at")
-    starts = pl.concat(
-        [reveals.select("person_id").unique().with_columns(pl.lit(None, reveals.schema["from_at"]).alias("from_at")), reveals]
-    ).sort("person_id", "from_at", nulls_last=False)
+    reveals = backdated.select("person_id", pl.col("added_at").alias("from_at")).unique()
+    unbounded = reveals.select("person_id").unique().with_columns(pl.lit(None, reveals.schema["from_at"]).alias("from_at"))
+    starts = pl.concat([unbounded, reveals]).sort("person_id", "from_at", nulls_last=False)
     return starts.with_columns(
         pl.int_range(pl.len(), dtype=pl.UInt32).over("person_id").alias("window"),
         pl.when(~last_in_run("person_id")).then(pl.col("from_at").shift(-1)).alias("to_at"),
