@@ -425,3 +425,32 @@ def test_as_of_a_date_is_the_end_of_that_utc_day_and_a_timestamp_is_exact(tmp_pa
     assert status(compute(tmp_path / "c", as_of="2026-03-31T12:00:00Z", **kw))["p1"][0] == "free_to_contact"
     assert status(compute(tmp_path / "d", as_of="2026-03-31", **kw))["p1"][0] == "free_to_contact"
     assert status(compute(tmp_path / "e", as_of="2026-03-30", **kw))["p1"][0] == "in_cooldown"
+
+
+def test_no_show_rule_reason_names_the_no_show_that_fired_not_a_later_one(tmp_path):
+    t = compute(
+        tmp_path,
+        people=[person("p1")],
+        studies=[S1, study("S2"), study("S3")],
+        participants=[
+            participant("S1", "p1", "no_showed", "2026-02-01T10:00:00Z"),
+            participant("S2", "p1", "no_showed", "2026-02-02T10:00:00Z"),  # the 2nd: the rule fires here
+            participant("S3", "p1", "no_showed", "2026-02-03T10:00:00Z"),  # a 3rd changes nothing
+        ],
+    )
+    r = row(t, "p1")
+    assert r["contact_status"] == "in_blocklist"
+    assert r["reason"] == "no-show rule: 2 no-shows since the latest removal, the last in study S2 on 2026-02-02T10:00:00Z"
+
+
+def test_an_export_row_repeating_the_events_no_show_is_one_no_show(tmp_path):
+    t = compute(
+        tmp_path,
+        people=[person("p1")],
+        studies=[S1],
+        participants=[participant("S1", "p1", "no_showed", "2026-02-01T10:00:00Z")],
+        events=[event("e1", "p1", "2026-02-01T10:00:00Z", "participant_status", study_id="S1", value="no_showed")],
+    )
+    assert status(t)["p1"] == ("free_to_contact", "free_to_contact")
+    h = t["contact_status_history"]
+    assert h.filter(h["person_id"] == "p1")["contact_status"].cast(str).to_list() == ["free_to_contact"]

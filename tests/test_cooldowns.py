@@ -320,3 +320,32 @@ def test_expired_within_last_day_with_a_timestamp_as_of(tmp_path, ws):
     ws.run(as_of="2026-04-01T11:59:59Z")
     got = dict(ws.query("select person_id, expired_within_last_day from cooldowns where as_of = '2026-04-01'"))
     assert got == {"p1": True, "p2": False}
+
+
+def test_a_tie_on_the_latest_end_goes_to_the_later_start(tmp_path):
+    t = compute(
+        tmp_path,
+        as_of="2026-03-10",
+        people=[person("p1"), person("p2")],
+        studies=[S1],
+        events=[
+            event("e1", "p1", "2026-02-15T00:00:00Z", "cooldown_set", value="2026-03-30"),  # ends 03-31T00:00Z
+            invite("e2", "2026-03-01T00:00:00Z", "p1"),  # ends 03-31T00:00Z
+            invite("e3", "2026-02-15T00:00:00Z", "p2"),  # ends 03-17T00:00Z
+            event("e4", "p2", "2026-03-05T00:00:00Z", "cooldown_set", value="2026-03-16"),  # ends 03-17T00:00Z
+        ],
+    )
+    assert cooldown(t, "p1") == (ts("2026-03-31T00:00:00Z"), "invite", "e2", "active")
+    assert cooldown(t, "p2") == (ts("2026-03-17T00:00:00Z"), "manual", "e4", "active")
+
+
+def test_no_limit_cooldown_when_the_oldest_trigger_leaves_the_window_at_the_new_one(tmp_path):
+    t = compute(
+        tmp_path,
+        NO_AUTO + '\n[[cooldown.limits]]\ntrigger = "invite"\ncount = 2\nwindow_days = 10\n',
+        people=[person("p1")],
+        studies=[S1, S2],
+        events=[invite("e1", "2026-03-01T12:00:00Z"), invite("e2", "2026-03-11T12:00:00Z", study_id="S2")],
+    )
+    assert contact(t)["p1"] == ("free_to_contact", None)
+    assert t["cooldowns"]["person_id"].to_list() == []

@@ -52,3 +52,10 @@ def test_an_export_last_seen_on_dated_after_t_is_not_known_at_t(tmp_path):
     assert t["archival_candidates"].select("person_id", "candidate", "days_dormant").rows() == [
         ("later", "archive", 820)
     ]
+
+
+def test_a_person_created_at_the_last_instant_of_t_exists_in_every_per_person_table(tmp_path):
+    # --as-of 2026-03-31 is 2026-03-31T23:59:59.999999Z: a person created at that instant exists (§4, §7.4)
+    t = compute(tmp_path, people=[person("p1"), person("edge", created_at="2026-03-31T23:59:59.999999Z")])
+    assert sorted(t["contact_status"]["person_id"]) == ["edge", "p1"]
+    assert sorted(t["channel_status"]["person_id"]) == ["edge", "p1"]

@@ -264,3 +264,63 @@ def test_an_earlier_ending_cooldown_of_another_study_counts_under_the_own_studys
         ],
     )
     assert got == {"i2": ("in_cooldown", "override_required"), "i3": ("in_cooldown", "override_required")}
+
+
+def test_another_studys_cooldown_ending_at_the_invites_instant_counts_under_the_own_studys_later_one(tmp_path):
+    got = violations(
+        tmp_path,
+        people=[person("p1")],
+        studies=[S1, S2],
+        events=[
+            invite("i1", "2026-01-01T00:00:00Z", "S2"),  # S2 cooldown until 01-31T00:00Z
+            invite("i2", "2026-01-11T00:00:00Z"),  # own, later-ending cooldown
+            invite("i3", "2026-01-31T00:00:00Z"),  # at the instant S2's cooldown ends
+        ],
+    )
+    assert got == {"i2": ("in_cooldown", "override_required"), "i3": ("in_cooldown", "override_required")}
+
+
+LIMIT_2_IN_30 = "[cooldown]\nafter_invite_days = 0\n[[cooldown.limits]]\ntrigger = 'invite'\ncount = 2\nwindow_days = 30\n"
+
+
+def test_a_clear_at_the_instant_of_the_latest_trigger_but_later_in_fact_order_ends_the_limit(tmp_path):
+    got = violations(
+        tmp_path,
+        LIMIT_2_IN_30,
+        people=[person("p1")],
+        studies=[S1, S2, study("S3")],
+        events=[
+            invite("j1", "2026-01-10T00:00:00Z"),
+            invite("j2", "2026-01-12T00:00:00Z", "S2"),
+            event("j3", "p1", "2026-01-12T00:00:00Z", "cooldown_cleared"),  # same instant, j3 > j2
+            invite("j5", "2026-01-14T00:00:00Z", "S3"),
+        ],
+    )
+    assert got == {}
+
+
+def test_an_own_trigger_just_outside_the_window_is_not_taken_out_of_the_count(tmp_path):
+    got = violations(
+        tmp_path,
+        LIMIT_2_IN_30,
+        people=[person("p1")],
+        studies=[S1, S2],
+        events=[
+            invite("i1", "2026-01-01T00:00:00Z"),  # outside i4's window (opens 01-01T12:00Z)
+            invite("i2", "2026-01-20T00:00:00Z", "S2"),
+            invite("i3", "2026-01-25T00:00:00Z", "S2"),
+            invite("i4", "2026-01-31T12:00:00Z"),
+        ],
+    )
+    assert got == {"i4": ("in_cooldown", "override_required")}
+
+
+def test_an_invite_at_exactly_t_is_checked(tmp_path):
+    got = violations(
+        tmp_path,
+        as_of="2026-03-15T08:00:00Z",
+        people=[person("p1")],
+        studies=[S1],
+        events=[event("e1", "p1", "2026-03-01T00:00:00Z", "opted_out"), invite("i1", "2026-03-15T08:00:00Z")],
+    )
+    assert got == {"i1": ("opted_out", "not_overridable")}

@@ -404,3 +404,17 @@ def test_every_cooldown_start_after_the_latest_clear_is_the_at_t_models_start(wo
         | ((pl.col("at") == pl.col("cleared_at")) & (pl.col("tie") > pl.col("cleared_tie")))
     )
     assert after_clear.select(at_t.columns).sort(pl.all()).equals(at_t.sort(pl.all()))
+
+
+def test_a_fact_at_exactly_t_ends_the_history(tmp_path):
+    """A timestamp --as-of is exact; a fact at T exists (§7.4), so the history reaches the at-T status."""
+    got = history_of(
+        tmp_path,
+        as_of="2026-03-15T08:00:00Z",
+        people=[person("p1"), person("p2", created_at="2026-03-15T08:00:00Z")],
+        events=[event("e1", "p1", "2026-03-15T08:00:00Z", "opted_out")],
+    )
+    assert got == {
+        "p1": spans(("free_to_contact", "2026-01-01T00:00:00Z"), ("opted_out", "2026-03-15T08:00:00Z")),
+        "p2": spans(("free_to_contact", "2026-03-15T08:00:00Z")),
+    }
