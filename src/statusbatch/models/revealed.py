@@ -75,17 +75,14 @@ def window_facts(
 
 
 def clipped_history(history: pl.LazyFrame, window: pl.DataFrame) -> pl.LazyFrame:
-    """The intervals of a window's history that fall in the window, cut at its bounds."""
+    """person_id, contact_status, valid_from: the intervals of a window's history that overlap the
+    window, starting no earlier than it (`stitched_history` ends each where the next starts)."""
     start, end = pl.col("from_at"), pl.col("to_at")
     valid_from, valid_to = pl.col("valid_from"), pl.col("valid_to")
     return (
         history.join(window.lazy().select("person_id", "from_at", "to_at"), on="person_id")
         .filter((start.is_null() | valid_to.is_null() | (valid_to > start)) & (end.is_null() | (valid_from < end)))
-        .with_columns(
-            pl.max_horizontal(valid_from, start).alias("valid_from"),
-            pl.when(end.is_null()).then(valid_to).otherwise(pl.min_horizontal(valid_to.fill_null(end), end)).alias("valid_to"),
-        )
-        .drop("from_at", "to_at")
+        .select("person_id", "contact_status", pl.max_horizontal(valid_from, start).alias("valid_from"))
     )
 
 
