@@ -62,13 +62,16 @@ def _key(e: dict[str, Any]) -> tuple:
 
 
 def _opted_out_at(changes: list[dict[str, Any]], add: dict[str, Any]) -> bool:
-    """The §3.2 opted_out component at an add: latest change ordered at or before it."""
+    """The §3.2 opted_out component at an add: latest change ordered at or before it, among those a
+    run as of the add knows (one with a `visible_at` only from then on)."""
     add_key = (add["occurred_at"], 1, add["event_id"])
     value = False
     best = None
     for c in changes:
         k = (c["changed_at"], 0, "") if c["event_id"] is None else (c["changed_at"], 1, c["event_id"])
-        if k <= add_key and (best is None or k >= best):
+        visible_at = c.get("visible_at")
+        known = k <= add_key if visible_at is None else visible_at <= add["occurred_at"]
+        if known and (best is None or k >= best):
             best, value = k, bool(c["opted_out"])
     return value
 
@@ -331,9 +334,12 @@ def read_contract_csv(table: str, path: str) -> pl.LazyFrame:
     return df.select([conv(c, dt) for c, dt in schema.items()]).lazy()
 
 
-OPT_OUT_CHANGES_SCHEMA = {"person_id": pl.String, "changed_at": TIMESTAMP, "event_id": pl.String, "opted_out": pl.Boolean}
+OPT_OUT_CHANGES_SCHEMA = {
+    "person_id": pl.String, "changed_at": TIMESTAMP, "event_id": pl.String, "opted_out": pl.Boolean, "visible_at": TIMESTAMP,
+}
 
 
 def opt_out_changes_frame(rows: list[dict[str, Any]]) -> pl.LazyFrame:
-    return pl.DataFrame(rows, schema=OPT_OUT_CHANGES_SCHEMA, orient="row").lazy() if rows else pl.LazyFrame(
+    rows = [{"visible_at": None} | row for row in rows]
+    return pl.DataFrame(rows, schema=OPT_OUT_CHANGES_SCHEMA).lazy() if rows else pl.LazyFrame(
         schema=OPT_OUT_CHANGES_SCHEMA)

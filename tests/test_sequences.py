@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import Workspace, event, participant, person, study
 from reference_machines import (
     KNOWN_VALUES,
     SEQUENCE_SCOPED,
@@ -380,6 +381,27 @@ def test_add_refused_while_opt_out_component_holds(change_at, change_eid, refuse
         assert rows[("S", "p")]["status"] == "active" and rejected == []
 
 
+@pytest.mark.parametrize("add_at,revoked,refused", [
+    (D0 + timedelta(days=1), False, False),  # the participant is not yet added: a run then knows no bounce
+    (D0 + timedelta(days=2), False, True),   # added at this very instant: known
+    (D0 + timedelta(days=3), False, True),
+    (D0 + timedelta(days=3), True, False),   # known, but the revoke is later in its own order
+])
+def test_add_sees_a_backdated_hard_bounce_only_once_its_participant_exists(add_at, revoked, refused):
+    """A hard bounce observed before its participant's `added_at` counts from `added_at` on (§7.4)."""
+    ev = Ev()
+    eid = ev("sequence_added", at=add_at, eid="m-0000")
+    changes = [dict(person_id="p", changed_at=D0 - timedelta(days=1), event_id=None, opted_out=True,
+                    visible_at=D0 + timedelta(days=2))]
+    if revoked:
+        changes.append(dict(person_id="p", changed_at=D0, event_id="r-0000", opted_out=False))
+    rows, rejected = run(ev.rows, changes=changes)
+    if refused:
+        assert rows == {} and [r["event_id"] for r in rejected] == [eid]
+    else:
+        assert rows[("S", "p")]["status"] == "active" and rejected == []
+
+
 def test_add_allowed_after_opt_out_revoked_and_other_people_unaffected():
     ev = Ev()
     ev("sequence_added", at=D0 + timedelta(days=2))
@@ -617,6 +639,9 @@ def sequence_case(draw):
                     event_id=draw(st.sampled_from([None, "a-p1-S1", "e25-x", "zz"])),
                     opted_out=draw(st.booleans()))
                for _ in range(draw(st.integers(0, 3)))]
+    for change in changes:  # a hard bounce dated before its participant was added: known from then on
+        if change["event_id"] is None and draw(st.integers(0, 2)) == 0:
+            change["visible_at"] = change["changed_at"] + timedelta(hours=12 * draw(st.integers(1, 6)))
     ooo = draw(st.sampled_from([0, 1, 2]))
     as_of = D0 + timedelta(hours=12 * draw(st.integers(3, 12)))
     return events, sequences, changes, ooo, as_of
@@ -646,3 +671,25 @@ def test_input_row_order_does_not_matter(case, rnd):
         for evs in (events, shuffled)
     ]
     assert got[0][0].equals(got[1][0]) and got[0][1].equals(got[1][1])
+
+
+def test_run_adds_before_a_backdated_hard_bounce_is_known(tmp_path):
+    """Through the CLI: a participant added 03-10 whose hard bounce is dated 03-01 does not refuse
+    an add on 03-05, which a run as of 03-05 accepts too; an add on 03-12 is refused (§7.4, §7.13)."""
+    ws = Workspace(tmp_path / "ws").write(
+        people=[person("v1", "2025-01-01T00:00:00Z")],
+        studies=[study("R1")],
+        participants=[participant("R1", "v1", "hard_bounced", "2026-03-01T00:00:00Z", added="2026-03-10T00:00:00Z")],
+        events=[
+            event("j1", "v1", "2026-03-05T00:00:00Z", "sequence_added", sequence_id="S"),
+            event("j2", "v1", "2026-03-12T00:00:00Z", "sequence_added", sequence_id="T"),
+        ],
+    )
+    for as_of in ("2026-03-05", "2026-03-31"):
+        ws.run(as_of=as_of)
+        assert ws.query(
+            "select sequence_id, status from sequence_status where as_of = ? order by 1", [as_of]
+        ) == [("S", "active")]
+    assert ws.query("select event_id, reason from rejected_transitions where as_of = '2026-03-31'") == [
+        ("j2", "person is opted out")
+    ]

@@ -50,10 +50,13 @@ def _person_events(events: pl.LazyFrame, kinds: dict[str, object], value_name: s
         pl.col("event_type").cast(pl.String).replace_strict(kinds, return_dtype=pl.Boolean).alias(value_name),
         "study_id",
         "reason",
+        pl.lit(None, dtype=TIMESTAMP).alias("visible_at"),
     )
 
 
 def _observation_facts(observations: pl.LazyFrame, fact: str, value_name: str, value: bool) -> pl.LazyFrame:
+    """`visible_at`: when a run first knows an observation dated before its participant was added
+    (`added_at`, §7.4; see `revealed.py`); null for the others, known at their own time."""
     return observations.select(
         "person_id",
         "at",
@@ -62,6 +65,7 @@ def _observation_facts(observations: pl.LazyFrame, fact: str, value_name: str, v
         pl.lit(value).alias(value_name),
         "study_id",
         pl.lit(None, dtype=pl.String).alias("reason"),
+        pl.when(pl.col("added_at") > pl.col("at")).then(pl.col("added_at")).alias("visible_at"),
     )
 
 
@@ -85,6 +89,7 @@ def opt_out_changes(events: pl.LazyFrame, observations: pl.LazyFrame) -> pl.Lazy
     """Every fact that sets the opted_out component: opt-outs, revocations, hard bounces.
 
     A hard-bounced address is uncontactable until the opt-out is revoked by hand.
+    `visible_at` as `_observation_facts` gives it (the sequence machine's adds need it).
     """
     return pl.concat(
         [
@@ -93,7 +98,9 @@ def opt_out_changes(events: pl.LazyFrame, observations: pl.LazyFrame) -> pl.Lazy
                 observations.filter(pl.col("participant_status") == "hard_bounced"), "hard bounce", "opted_out", True
             ),
         ]
-    ).select("person_id", pl.col("at").alias("changed_at"), "event_id", "opted_out", "fact", "study_id", "reason")
+    ).select(
+        "person_id", pl.col("at").alias("changed_at"), "event_id", "opted_out", "fact", "study_id", "reason", "visible_at"
+    )
 
 
 def opted_out(changes: pl.LazyFrame) -> pl.LazyFrame:

@@ -34,6 +34,7 @@ import polars as pl
 from statusbatch import codes
 from statusbatch.loading.contract import TIMESTAMP
 from statusbatch.models.channel import REJECTED_MODEL, REJECTED_TRANSITIONS_SCHEMA
+from statusbatch.models.facts import tie
 from statusbatch.models.ordering import ffill_in, ordered_runs, small_codes, sort_by_time
 
 __all__ = [
@@ -135,7 +136,8 @@ def sequence_machine(
     own person's events only):
       events: event_id, person_id, occurred_at, event_type, sequence_id, channel, actor_id, value
       sequences: sequence_id, owner_id, team_edition, reply_handling
-      opt_out_changes: person_id, changed_at, event_id (null = export observation), opted_out
+      opt_out_changes: person_id, changed_at, event_id (null = export observation), opted_out,
+        and optionally visible_at (`contact.opt_out_changes`)
     The manual-change loop needs materialised data, so this collects its
     inputs once; the returned frames are lazy views of the results.
     """
@@ -289,15 +291,19 @@ def _props(pairs: _Pairs, sequences: pl.LazyFrame) -> pl.DataFrame:
 
 
 def _opted_out_at_adds(adds: pl.LazyFrame, changes: pl.LazyFrame) -> pl.DataFrame:
-    """The §3.2 opted_out component at each add (`_ord`, `_opted`).
+    """The §3.2 opted_out component at each add (`_ord`, `_opted`), as a run as of the add sees it.
 
     The latest change ordered at or before the add, by (time, event_id), an
     export observation (null event_id) first at its instant; none → false.
+    A hard bounce dated before its participant was added is known only from
+    `visible_at` on, and then at its own date (`_opted_out_at_late_adds`).
     """
+    late = changes.filter(pl.col("visible_at").is_not_null()).select("person_id").unique()
+    prompt_adds, late_adds = adds.join(late, on="person_id", how="anti"), adds.join(late, on="person_id", how="semi")
     both = pl.concat(
         [
-            adds.select("person_id", "occurred_at", "event_id", opted_out=pl.lit(None, pl.Boolean), _ord="_ord"),
-            changes.select(
+            prompt_adds.select("person_id", "occurred_at", "event_id", opted_out=pl.lit(None, pl.Boolean), _ord="_ord"),
+            changes.join(late, on="person_id", how="anti").select(
                 pl.col("person_id"), pl.col("changed_at").alias("occurred_at"), pl.col("event_id"),
                 pl.col("opted_out").cast(pl.Boolean).fill_null(False), _ord=pl.lit(None, pl.UInt32),
             ),
@@ -305,15 +311,45 @@ def _opted_out_at_adds(adds: pl.LazyFrame, changes: pl.LazyFrame) -> pl.DataFram
         how="vertical",
     ).with_columns(_is_add=pl.col("_ord").is_not_null())
     runs = ordered_runs(both, ["person_id"], ["occurred_at", "event_id", "_is_add"])
-    return runs.with_columns(_opted=ffill_in(pl.col("opted_out"), pl.col("_first"), pl.lit(False))).filter(
+    prompt = runs.with_columns(_opted=ffill_in(pl.col("opted_out"), pl.col("_first"), pl.lit(False))).filter(
         pl.col("_is_add")
     ).select("_ord", "_opted")
+    return pl.concat([prompt, _opted_out_at_late_adds(late_adds, changes.join(late, on="person_id", how="semi"))])
+
+
+def _opted_out_at_late_adds(adds: pl.LazyFrame, changes: pl.LazyFrame) -> pl.DataFrame:
+    """`_opted_out_at_adds` for the few people with a change known after its own date: each add
+    against each of its person's changes, the latest known at the add winning."""
+    known = (
+        pl.when(pl.col("visible_at").is_not_null())
+        .then(pl.col("visible_at") <= pl.col("occurred_at"))
+        .otherwise(
+            (pl.col("changed_at") < pl.col("occurred_at"))
+            | ((pl.col("changed_at") == pl.col("occurred_at")) & (tie(pl.col("change_id")) < pl.col("event_id")))
+        )
+    )
+    latest = (
+        adds.select("person_id", "occurred_at", "event_id", "_ord")
+        .join(
+            changes.select("person_id", "changed_at", pl.col("event_id").alias("change_id"), "opted_out", "visible_at"),
+            on="person_id",
+        )
+        .filter(known)
+        .sort("_ord", "changed_at", tie(pl.col("change_id")))
+        .group_by("_ord")
+        .agg(pl.col("opted_out").last().fill_null(False).alias("_opted"))
+    )
+    return adds.select("_ord").join(latest, on="_ord", how="left").select(
+        "_ord", pl.col("_opted").fill_null(False)
+    ).collect()
 
 
 def _refuse_opted_out_adds(timeline: _Timeline, opt_out_changes: pl.LazyFrame) -> None:
     """Recode (in place) the adds made while the person's opt-out component holds
     (only people with opt-out changes can have one)."""
     changes = opt_out_changes.collect()
+    if "visible_at" not in changes.columns:
+        changes = changes.with_columns(pl.lit(None, dtype=TIMESTAMP).alias("visible_at"))
     is_add = (timeline.code >> 2) == T_ADD
     rows = np.flatnonzero(is_add)
     with_changes = timeline.frame["person_id"].filter(pl.Series(is_add)).is_in(changes["person_id"].implode())
