@@ -573,3 +573,35 @@ def test_a_csv_workspace_read_in_several_chunks_reports_its_bad_rows(tmp_path):
     counts = ws.query("select source_table, rows_read, rows_accepted, rows_rejected from run_inputs")
     assert all(read == accepted + rejected for _, read, accepted, rejected in counts)
     assert dict((t, r) for t, _, _, r in counts)["participants"] > 0
+
+
+def test_empty_text_in_a_parquet_file_is_an_empty_cell(ws):
+    """§5: "" in a Parquet text column is what an empty CSV cell is: a missing required value rejects
+    the row, an absent optional one is null (an empty id once failed the run's output validation)."""
+    ws.write(studies=[study("S1")])
+    (ws.input / "people.csv").unlink()
+    pl.DataFrame(
+        {"person_id": ["p1", "", "p3"], "created_at": [datetime(2026, 1, 1)] * 3, "email": ["", "x@y.z", None]}
+    ).write_parquet(ws.input / "people.parquet")
+    (ws.input / "events.csv").unlink()
+    pl.DataFrame(
+        {
+            "event_id": ["e1", "e2", "", "e4"],
+            "person_id": ["p1", "p1", "p1", "p3"],
+            "occurred_at": [datetime(2026, 3, 1)] * 4,
+            "event_type": ["sequence_added", "sequence_added", "opted_out", "replied"],
+            "sequence_id": ["", "S", None, "S"],
+            "channel": [None, "", None, ""],
+            "study_id": ["", "", "", ""],
+        }
+    ).write_parquet(ws.input / "events.parquet")
+    ws.run()
+    assert ws.query('select source_table, row_number, "column", problem from rejected_rows order by 1, 2') == [
+        ("events", 1, "sequence_id", "a sequence_added event needs a sequence_id"),
+        ("events", 3, "event_id", "missing required value"),
+        ("people", 2, "person_id", "missing required value"),
+    ]
+    assert ws.query("select person_id, sequence_id, status, replied, replied_by from sequence_status") == [
+        ("p1", "S", "active", False, None)
+    ]
+    assert ws.query("select person_id from contact_status order by 1") == [("p1",), ("p3",)]

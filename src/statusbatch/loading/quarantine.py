@@ -160,7 +160,7 @@ def _parsed(column: Column, raw_dtype: pl.DataType | None) -> pl.Expr:
             return raw.str.strip_chars().str.to_integer(strict=False)
         if isinstance(dtype, pl.Enum):
             return raw.cast(dtype, strict=False)  # padded codes are repaired by _with_padded_codes
-        return raw
+        return pl.when(raw.str.len_bytes() > 0).then(raw)  # "" is an empty cell, as in a CSV file
     if dtype == TIMESTAMP:
         if isinstance(raw_dtype, pl.Datetime):
             zoned = raw.dt.replace_time_zone("UTC") if raw_dtype.time_zone is None else raw.dt.convert_time_zone("UTC")
@@ -239,32 +239,42 @@ def _raw_text(name: str) -> pl.Expr:
     return pl.col(name).cast(pl.String)
 
 
-def _parsing_checks(table: InputTable, present: set[str]) -> list[Check]:
+def _absent(name: str, raw_dtype: pl.DataType | None) -> pl.Expr:
+    """No value: null, or empty text (a Parquet file can hold "", which a CSV file reads as null)."""
+    if raw_dtype is None:
+        return pl.lit(True)
+    if _is_text(raw_dtype):
+        return pl.col(name).is_null() | (pl.col(name).cast(pl.String).str.len_bytes() == 0)
+    return pl.col(name).is_null()
+
+
+def _parsing_checks(table: InputTable, raw_schema: pl.Schema) -> list[Check]:
+    present = set(raw_schema)
     checks: list[Check] = []
     for column in table.columns:
         if column.not_null:
-            missing = pl.col(column.name).is_null() if column.name in present else pl.lit(True)
+            missing = _absent(column.name, raw_schema.get(column.name))
             checks.append(Check(column.name, missing, pl.lit("missing required value")))
         if column.name in present and not isinstance(column.dtype, pl.Enum) and column.dtype != pl.String:
             checks.append(
                 Check(
                     column.name,
-                    pl.col(column.name).is_not_null() & typed(column.name).is_null(),
+                    ~_absent(column.name, raw_schema[column.name]) & typed(column.name).is_null(),
                     pl.format("not a valid {}: '{}'", pl.lit(_kind(column.dtype)), _raw_text(column.name)),
                 )
             )
     return checks
 
 
-def _code_checks(table: InputTable, present: set[str]) -> list[Check]:
+def _code_checks(table: InputTable, raw_schema: pl.Schema) -> list[Check]:
     return [
         Check(
             column.name,
-            pl.col(column.name).is_not_null() & typed(column.name).is_null(),
+            ~_absent(column.name, raw_schema[column.name]) & typed(column.name).is_null(),
             pl.format("unknown {} code '{}'", pl.lit(column.name), _raw_text(column.name)),
         )
         for column in table.columns
-        if isinstance(column.dtype, pl.Enum) and column.name in present
+        if isinstance(column.dtype, pl.Enum) and column.name in raw_schema
     ]
 
 
@@ -319,15 +329,14 @@ def quarantine(
     numbered = raw if ROW in raw.columns else raw.with_row_index(ROW, offset=1)
     raw_columns = [c for c in raw.columns if c != ROW]
     raw_schema = pl.Schema({name: raw.schema[name] for name in raw_columns})
-    present = set(raw_columns) & {c.name for c in table.columns}
     frame = numbered.with_columns(
         pl.col(ROW).cast(pl.Int64),
         *[_parsed(c, raw_schema.get(c.name)).alias(_TYPED + c.name) for c in table.columns],
     )
     del raw, numbered
     checks = (
-        _parsing_checks(table, present)
-        + _code_checks(table, present)
+        _parsing_checks(table, raw_schema)
+        + _code_checks(table, raw_schema)
         + list(extra_code_checks)
         + list(reference_checks)
     )
