@@ -340,6 +340,32 @@ def test_manual_do_not_contact_clear_does_not_override_a_matching_rule(tmp_path)
     assert status(t)["p1"] == ("do_not_contact", "do_not_contact")
 
 
+def test_do_not_contact_rules_read_the_export_as_it_is_even_a_visit_after_t(tmp_path):
+    """§2: rules are evaluated on the people export. A nightly run is as of yesterday, so today's
+    visits are in the export: the channel model ignores them, the rules must not (a `last_seen_on is
+    null` rule once marked everyone seen today as never seen)."""
+    rules = """
+[[do_not_contact]]
+name = "never_seen"
+when = "last_seen_on is null"
+
+[[do_not_contact]]
+name = "seen_lately"
+when = "last_seen_on >= '2026-04-01'"
+"""
+    t = compute(
+        tmp_path,
+        rules,
+        people=[person("p1", last_seen_on="2026-04-01"), person("p2", last_seen_on="2026-03-30"), person("p3")],
+    )
+    assert rows(t["contact_status"], "contact_status", "reason") == {
+        "p1": ("do_not_contact", "do-not-contact rule 'seen_lately'"),
+        "p2": ("free_to_contact", "no opt-out, blocklist, active study, do-not-contact or cooldown applies"),
+        "p3": ("do_not_contact", "do-not-contact rule 'never_seen'"),
+    }
+    assert rows(t["channel_status"], "last_seen_on")["p1"] == (None,)
+
+
 # --- precedence, stored_status, overridable, can_contact, cooldown_until -----------------------
 
 COMPONENTS = ("opted_out", "in_blocklist", "active_in_study", "do_not_contact", "in_cooldown")

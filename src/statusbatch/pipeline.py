@@ -116,7 +116,9 @@ def contact_models(inputs: ModelInputs, config: JobConfig, as_of: AsOf, rules: d
         contact.opted_out(opt_outs),
         contact.blocklist(contact.blocklist_changes(research_events, observations, config.blocklist.no_show_threshold)),
         contact.active_studies(participant_status, studies, t),
-        contact.do_not_contact(people, research_events, rules),
+        # the rules read the export as it is (§2), a visit dated after T included: only the channel
+        # model forgets it (`facts.people_as_of`)
+        contact.do_not_contact(facts.people_created_by(inputs.people.lazy(), t), research_events, rules),
         cooldowns,
     ))
     return ContactModels(people, research_events, observations, participant_status, opt_outs, cooldowns, contact_status)

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import polars as pl
 
-__all__ = ["people_as_of", "participants_as_of", "events_as_of", "of_people_as_of", "tie"]
+__all__ = ["people_created_by", "people_as_of", "participants_as_of", "events_as_of", "of_people_as_of", "tie"]
 
 
 def tie(event_id: pl.Expr) -> pl.Expr:
@@ -14,13 +14,16 @@ def tie(event_id: pl.Expr) -> pl.Expr:
     return event_id.fill_null("")
 
 
+def people_created_by(people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
+    """People created by T, their export rows as they are (what do-not-contact rules read, §2)."""
+    return people.filter(pl.col("created_at") <= as_of)
+
+
 def people_as_of(people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
     """People created by T, with an export `last_seen_on` dated after T's day taken as unknown: facts
     dated after T are ignored, so a backfill does not see a later visit (nor a negative dormancy)."""
     seen = pl.col("last_seen_on")
-    return people.filter(pl.col("created_at") <= as_of).with_columns(
-        pl.when(seen <= as_of.date()).then(seen).alias("last_seen_on")
-    )
+    return people_created_by(people, as_of).with_columns(pl.when(seen <= as_of.date()).then(seen).alias("last_seen_on"))
 
 
 def participants_as_of(participants: pl.LazyFrame, people: pl.LazyFrame, as_of: datetime) -> pl.LazyFrame:
