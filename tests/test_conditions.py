@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from datetime import date, datetime, timezone
 
 import duckdb
@@ -166,7 +167,9 @@ def test_double_quoted_identifiers() -> None:
 
 
 def test_keywords_are_reserved_but_not_inside_names() -> None:
-    frame = pl.DataFrame({"person_id": ["a"], "android": [1], "order_in": [2], "is_null": [None], "notes": ["x"]})
+    frame = pl.DataFrame(
+        {"person_id": ["a", "b"], "android": [1, 1], "order_in": [2, 2], "is_null": [None, 3], "notes": ["x", "x"]}
+    )
     assert matching("android = 1 and order_in = 2 and is_null is null and notes = 'x'", frame) == ["a"]
     assert "syntax error" in error("and = 1", frame=frame)
 
@@ -246,8 +249,12 @@ def test_an_all_null_column_never_matches_and_raises_nothing(text: str) -> None:
     assert matching(text) == []
 
 
-def test_an_all_null_column_is_null() -> None:
-    assert matching("legacy_flag is null") == ["p1", "p2", "p3", "p4", "p5"]
+def test_an_all_null_column_never_matches_even_is_null() -> None:
+    """§7.7 says never: a property empty in tonight's export must not put everyone under a rule."""
+    assert matching("legacy_flag is null") == []
+    assert matching("legacy_flag is not null") == []
+    assert matching("not (legacy_flag is null)") == []
+    assert matching("legacy_flag is null or country = 'US'") == ["p3"]
     assert matching("legacy_flag = 1 or country = 'US'") == ["p3"]
 
 
@@ -496,6 +503,9 @@ def test_agrees_with_duckdb(
 ) -> None:
     text, sql, params = condition
     ours = frame.select(compile_condition("rule", text, frame.schema))["rule"].to_list()
+    for name, dtype in frame.schema.items():  # §7.7: an all-null column never matches, `is null` included
+        if dtype == pl.Null:
+            sql = re.sub(rf'"{name}" IS (NOT )?NULL', "NULL", sql)
     duckdb_connection.register("people", frame)
     try:
         rows = duckdb_connection.execute(f"SELECT coalesce(({sql}), false) FROM people ORDER BY row", params).fetchall()

@@ -386,8 +386,10 @@ class _Compiler:
                 result = self.in_list(self.operand(operand), values)
                 return ~result if negated else result
             case IsNull(operand, negated):
-                expr = self.operand(operand).expr
-                return expr.is_not_null() if negated else expr.is_null()
+                typed = self.operand(operand)
+                if typed.kind == "null":  # §7.7: an all-null column never matches a rule, `is null` included
+                    return _unknown(typed)
+                return typed.expr.is_not_null() if negated else typed.expr.is_null()
             case Truth(operand):
                 return self.truth(self.operand(operand))
         raise AssertionError(node)
