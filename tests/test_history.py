@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
-from conftest import Workspace, event, participant, person, study, ts
+from conftest import Workspace, compute, event, participant, person, study, ts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -261,6 +261,48 @@ def test_history_starts_at_an_earlier_first_fact_and_ignores_rule_based_dnc(tmp_
     assert got["p2"] == spans(("free_to_contact", "2026-01-01T00:00:00Z"))
 
 
+def test_history_starts_at_the_first_fact_of_any_kind_before_created_at(tmp_path):
+    """§4: "from `created_at` (or an earlier first fact)": an event of any log or an observation that
+    changes no component still starts the history; a fact after T does not."""
+    created = "2026-03-15T00:00:00Z"
+    tables = compute(
+        tmp_path,
+        NO_AUTO,
+        people=[person(p, created) for p in ("p1", "p2", "p3", "p4", "p5", "p6", "p7")],
+        studies=[S1],
+        participants=[
+            participant("S1", "p2", "not_contacted", "2026-03-02T00:00:00Z", added="2026-03-01T00:00:00Z"),
+            # dated before its participant: known from added_at (`revealed.py`)
+            participant("S1", "p6", "not_contacted", "2026-03-02T00:00:00Z", added="2026-03-05T00:00:00Z"),
+        ],
+        events=[
+            event("e1", "p1", "2026-03-01T00:00:00Z", "unsubscribed", value="newsletter"),
+            event("e3", "p3", "2026-03-03T00:00:00Z", "sequence_added", sequence_id="Q"),
+            event("e4", "p4", "2026-03-04T00:00:00Z", "inbound_message"),
+            event("e5", "p5", "2026-03-02T00:00:00Z", "inbound_message"),
+            event("e6", "p5", "2026-03-10T00:00:00Z", "opted_out"),
+            event("e7", "p7", "2026-04-02T00:00:00Z", "inbound_message"),
+        ],
+    )
+    got = {
+        person_id: [(status, valid_from, valid_to) for _, status, valid_from, valid_to in frame.iter_rows()]
+        for (person_id,), frame in tables["contact_status_history"]
+        .with_columns(pl.col("contact_status").cast(pl.String))
+        .sort("valid_from")
+        .group_by("person_id", maintain_order=True)
+    }
+    free = "free_to_contact"
+    assert got == {
+        "p1": spans((free, "2026-03-01T00:00:00Z")),
+        "p2": spans((free, "2026-03-02T00:00:00Z")),
+        "p3": spans((free, "2026-03-03T00:00:00Z")),
+        "p4": spans((free, "2026-03-04T00:00:00Z")),
+        "p5": spans((free, "2026-03-02T00:00:00Z"), ("opted_out", "2026-03-10T00:00:00Z")),
+        "p6": spans((free, "2026-03-05T00:00:00Z")),
+        "p7": spans((free, created)),
+    }
+
+
 def test_nothing_after_t_and_people_created_after_t_are_absent(tmp_path):
     got = history_of(
         tmp_path,
@@ -418,3 +460,24 @@ def test_a_fact_at_exactly_t_ends_the_history(tmp_path):
         "p1": spans(("free_to_contact", "2026-01-01T00:00:00Z"), ("opted_out", "2026-03-15T08:00:00Z")),
         "p2": spans(("free_to_contact", "2026-03-15T08:00:00Z")),
     }
+
+
+def test_first_facts_are_the_same_whatever_the_order_of_the_logs():
+    """`first_facts` reads a log in (person, time) order by its runs' first rows, any other by a group-by."""
+    log = pl.DataFrame(
+        {
+            "person_id": ["a", "a", "b", "c", "c", "c"],
+            "occurred_at": [ts(f"2026-03-0{d}T00:00:00Z") for d in (1, 4, 2, 3, 5, 9)],
+        }
+    )
+    observations = pl.LazyFrame(
+        {"person_id": ["b", "d"], "at": [ts("2026-03-01T00:00:00Z")] * 2, "added_at": [ts("2026-03-03T00:00:00Z")] * 2}
+    )
+    as_of = ts("2026-03-08T00:00:00Z")
+    expected = {"a": ts("2026-03-01T00:00:00Z"), "b": ts("2026-03-02T00:00:00Z"), "c": ts("2026-03-03T00:00:00Z"),
+                "d": ts("2026-03-03T00:00:00Z")}
+    for order in ([0, 1, 2, 3, 4, 5], [1, 0, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 0, 1, 3, 4, 5]):
+        got = history.first_facts([log[order]], observations, as_of).collect()
+        assert dict(got.sort("person_id").iter_rows()) == expected, order
+    late = log.with_columns(pl.col("occurred_at") + timedelta(days=30))
+    assert history.first_facts([late], observations.head(0), as_of).collect().is_empty()

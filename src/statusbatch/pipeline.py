@@ -155,8 +155,14 @@ def range_tables(
     c = contact_models(inputs, config, as_of, rules)
     people, research_events, observations = c.people, c.research_events, c.observations
     messaging_events = facts.events_as_of(inputs.event_logs["messaging"].lazy(), inputs.people.lazy(), t)
+    first_facts = history.first_facts(list(inputs.event_logs.values()), observations, t)
     status_history, violations = history_and_violations(
-        people, research_events, observations, inputs.studies.lazy(), config, t
+        _once(people.join(first_facts, on="person_id", how="left")),
+        research_events,
+        observations,
+        inputs.studies.lazy(),
+        config,
+        t,
     )
     # the machine reads the whole log (it applies T itself, so no filtered copy of 11M events);
     # the pairs of people not yet created are dropped from its results
