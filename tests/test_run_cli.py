@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
@@ -81,6 +82,15 @@ def _limit_without_count(ws):
     ws.job.write_text(ws.job.read_text() + '\n[[cooldown.limits]]\ntrigger = "invite"\nwindow_days = 9\n')
 
 
+def _parquet_is_a_file(ws):
+    (ws.root / "exports").write_text("not a directory\n")
+    ws.job.write_text(ws.job.read_text().replace("[job]\n", '[job]\nparquet = "exports"\n'))
+
+
+def _db_under_a_file(ws):
+    ws.job.write_text(re.sub(r'(?m)^db = .*$', 'db = "job.toml/out.duckdb"', ws.job.read_text()))
+
+
 FATAL = {
     "missing file": (_missing_file, ["events"]),
     "missing required column": (_missing_column, ["participants", "added_at"]),
@@ -93,6 +103,9 @@ FATAL = {
     "limit without count": (_limit_without_count, ["job.toml", "count"]),
     "rule type mismatch": (_rule_type_mismatch, ["odd", "age"]),
     "rule syntax error": (_rule_syntax, ["broken"]),
+    # found only after the commit, this failed a run already written (exit 1, no Parquet)
+    "parquet path is a file": (_parquet_is_a_file, ["[job] parquet", "exports", "is a file"]),
+    "db path under a file": (_db_under_a_file, ["[job] db", "job.toml", "is a file"]),
 }
 
 
@@ -117,6 +130,16 @@ def test_fatal_problems_leave_an_existing_db_unchanged(ws, case):
     FATAL[case][0](ws)
     assert ws.run(check=False).exit_code == 2
     assert digest(ws.db) == before
+
+
+def test_a_db_option_naming_a_file_of_another_kind_exits_2_and_leaves_it_alone(ws):
+    basic(ws)
+    other = ws.root / "notes.duckdb"
+    other.write_text("my notes\n")
+    result = ws.run("--db", str(other), check=False)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == f"statusbatch: {other}: not a DuckDB database file; nothing was written"
+    assert other.read_text() == "my notes\n"
 
 
 def test_missing_job_file_and_bad_as_of_exit_2(ws):

@@ -21,7 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from statusbatch.publish.store import open_database
+from statusbatch.publish.store import DatabaseUnusableError, open_database
 
 __all__ = ["ExplainError", "PersonReport", "SLICED_SECTIONS", "read_report", "report_document", "report_json", "render_report"]
 
@@ -121,6 +121,8 @@ def read_report(db: Path, person_id: str, as_of: date | None = None) -> PersonRe
     try:
         with open_database(db, _LOCK_TIMEOUT, read_only=True) as con:
             return _read(con, db, person_id, as_of)
+    except DatabaseUnusableError as exc:
+        raise ExplainError(f"{db}: cannot read the database: not a DuckDB database file") from exc
     except duckdb.Error as exc:
         raise ExplainError(f"{db}: cannot read the database: {str(exc).splitlines()[0]}") from exc
 

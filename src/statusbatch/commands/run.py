@@ -15,7 +15,7 @@ from statusbatch.config import ConfigError, JobConfig, load_job
 from statusbatch.loading import InputError, load_inputs
 from statusbatch.pipeline import AsOf, RunFailed, default_as_of, dnc_rules, parse_as_of, prepare, run_job, run_prepared
 from statusbatch.progress import Reporter
-from statusbatch.publish.store import DatabaseLockedError, open_database, published_as_ofs
+from statusbatch.publish.store import DatabaseLockedError, DatabaseUnusableError, open_database, published_as_ofs
 
 __all__ = ["run", "validate", "backfill", "fail", "load_config"]
 
@@ -31,7 +31,7 @@ def exit_codes() -> Iterator[None]:
     """Known problems as one line and their exit code: 2 for inputs and configuration, 1 for a held database."""
     try:
         yield
-    except (InputError, ConfigError) as exc:
+    except (InputError, ConfigError, DatabaseUnusableError) as exc:
         fail(str(exc), 2)
     except DatabaseLockedError as exc:
         fail(str(exc), 1)
@@ -42,11 +42,29 @@ def load_config(job_file: str, input_dir: str | None, db: str | None = None, par
         config = load_job(Path(job_file))
     except ConfigError as exc:
         fail(str(exc), 2)
-    return config.with_overrides(
+    config = config.with_overrides(
         input=Path(input_dir) if input_dir else None,
         db=Path(db) if db else None,
         parquet=Path(parquet) if parquet else None,
     )
+    _check_output_path("--db" if db else "[job] db", config.job.db, directory=False)
+    if config.job.parquet is not None:
+        _check_output_path("--parquet" if parquet else "[job] parquet", config.job.parquet, directory=True)
+    return config
+
+
+def _check_output_path(key: str, path: Path, *, directory: bool) -> None:
+    """A path the run writes to, checked before anything is read or written (SPEC §5: a bad
+    configuration is exit 2, naming the key): found to be unusable only after the commit, the Parquet
+    export failed a run whose database was already written."""
+    if path.exists() and path.is_dir() != directory:
+        found, wanted = ("a file", "a directory") if directory else ("a directory", "a database file")
+        fail(f"{key}: {path} is {found}, not {wanted}", 2)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                fail(f"{key}: {path} lies under {parent}, which is a file", 2)
+            break
 
 
 def _as_of(value: str | None) -> AsOf:

@@ -21,6 +21,7 @@ from statusbatch.validation import SLICED_TABLES, validate_tables
 
 __all__ = [
     "DatabaseLockedError",
+    "DatabaseUnusableError",
     "Publication",
     "RUNS_DDL",
     "RUN_INPUTS_DDL",
@@ -65,6 +66,11 @@ class DatabaseLockedError(Exception):
     """Another process holds the database file: nothing was written."""
 
 
+class DatabaseUnusableError(Exception):
+    """No DuckDB database can be opened at the path (a file of another kind, a directory, a path under
+    a file): a bad invocation, and nothing was written."""
+
+
 @dataclass(frozen=True)
 class RunRecord:
     run_id: str
@@ -92,14 +98,23 @@ def _holder(message: str) -> str:
 @contextlib.contextmanager
 def open_database(path: Path, lock_timeout: float, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """Connect, waiting up to `lock_timeout` seconds for another process to let go."""
+    if path.is_dir():
+        raise DatabaseUnusableError(f"{path}: is a directory, not a database file; nothing was written")
     if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseUnusableError(
+                f"{path}: cannot make its directory ({exc.strerror or exc}); nothing was written"
+            ) from exc
     deadline = time.monotonic() + lock_timeout
     while True:
         try:
             con = duckdb.connect(str(path), read_only=read_only, config={"memory_limit": DUCKDB_MEMORY_LIMIT})
             break
         except duckdb.IOException as exc:
+            if "not a valid DuckDB database" in str(exc):
+                raise DatabaseUnusableError(f"{path}: not a DuckDB database file; nothing was written") from exc
             if "lock" not in str(exc).lower():
                 raise
             if time.monotonic() >= deadline:
