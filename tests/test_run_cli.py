@@ -45,6 +45,16 @@ def _missing_column(ws):
     (ws.input / "participants.csv").write_text("study_id,person_id,participant_status\n")
 
 
+def _empty_file(ws):
+    (ws.input / "events.csv").write_bytes(b"")
+
+
+def _repeated_column(ws):
+    text = (ws.input / "events.csv").read_text()
+    header, rest = text.split("\n", 1)
+    (ws.input / "events.csv").write_text(header + ",value\n" + rest)
+
+
 def _two_files(ws):
     (ws.input / "people.csv.gz").write_bytes(b"")
 
@@ -95,6 +105,9 @@ FATAL = {
     "missing file": (_missing_file, ["events"]),
     "missing required column": (_missing_column, ["participants", "added_at"]),
     "two files for one table": (_two_files, ["people"]),
+    "empty file": (_empty_file, ["events.csv", "empty file"]),
+    # columns are found by name: the second `value` was silently dropped
+    "column named twice": (_repeated_column, ["events.csv", "'value'", "more than once"]),
     "unreadable file": (_unreadable, ["studies.parquet"]),
     "unknown config key": (_bad_key, ["job.toml", "after_invite_dayz"]),
     "negative number": (_negative, ["job.toml", "no_show_threshold"]),

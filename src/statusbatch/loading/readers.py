@@ -6,6 +6,7 @@ row rather than a failed read; Parquet keeps its own types and is coerced later.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -56,7 +57,7 @@ def scan_table_file(path: Path, table: InputTable, row_index: str | None = None)
             scan = pl.scan_parquet(path, **numbered)
         else:
             scan = pl.scan_csv(path, **_CSV, **numbered)
-        columns = scan.collect_schema().names()
+        columns = [name for name in scan.collect_schema().names() if name != row_index]
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
         raise _unreadable(path, exc) from exc
     _check_required_columns(path, table, columns)
@@ -81,7 +82,18 @@ def read_table_file(path: Path, table: InputTable) -> pl.DataFrame:
     return frame
 
 
+_DUPLICATE = re.compile(r"^(?P<name>.+)_duplicated_\d+$")
+"""How Polars renames a CSV column whose name the header already had."""
+
+
 def _check_required_columns(path: Path, table: InputTable, columns: list[str]) -> None:
+    """The header: not empty, no name twice (columns are found by name, §1), every required column."""
+    if not columns:
+        raise InputError(f"{path}: empty file (no header row)")
+    for column in columns:
+        repeated = _DUPLICATE.match(column)
+        if repeated and repeated["name"] in columns:
+            raise InputError(f"{path}: column '{repeated['name']}' appears more than once in the header")
     missing = [c for c in table.required_columns if c not in columns]
     if missing:
         raise InputError(f"{path}: missing required column '{missing[0]}'")
