@@ -280,8 +280,11 @@ def test_renamed_columns(tmp_path: Path) -> None:
     assert {(e["person_id"], e["sequence_id"]) for e in events(tmp_path)} == {("P1", "S9")}
 
 
-def test_negative_cooldown_days_is_a_usage_error(tmp_path: Path) -> None:
-    assert run(tmp_path, "rally", f"{HEADERS['rally']}\n", "--cooldown-days", "-1").exit_code == 2
+@pytest.mark.parametrize("days", ["-1", "0"])
+def test_cooldown_days_below_one_is_a_usage_error(tmp_path: Path, days: str) -> None:
+    """0 days would import In Cooldown as a cooldown over before its status date (the same row with a
+    `Cooldown Until` that early is rejected: the replay would not give In Cooldown)."""
+    assert run(tmp_path, "rally", f"{HEADERS['rally']}\n", "--cooldown-days", days).exit_code == 2
 
 
 def test_sequence_column_is_for_reply_only(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def _bad_input(message: str) -> NoReturn:
 @click.option("--sequence-column", help="Reply only: sequence id column (default: Sequence ID).")
 @click.option(
     "--cooldown-days",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=1),
     default=90,
     show_default=True,
     help="Length of an In Cooldown without a Cooldown Until date.",
