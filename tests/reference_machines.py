@@ -176,7 +176,8 @@ def _system(m: _Membership, e: dict[str, Any], *, finish: bool) -> None:
     new = {
         "bounced": "bounced", "out_of_office": "out_of_office", "auto_replied": "finished",
         "sequence_completed": "finished", "missing_data": "missing_data", "opted_out": "opted_out",
-        "replied": "finished" if finish else None,
+        # an out-of-office contact who replies is handled by the reply setting (seed): continue → active
+        "replied": "finished" if finish else ("active" if m.status == "out_of_office" else None),
     }.get(ty)
     if new is not None:
         m.status = new

@@ -512,6 +512,52 @@ def test_replied_while_out_of_office():
     assert one(ev.rows)[0]["status"] == "finished"
 
 
+CONTINUE = dict(SEQ, reply_handling="continue")
+
+
+@pytest.mark.parametrize("before,expected", [
+    (["out_of_office"], "active"),                      # the reply wakes it: "continue sending emails"
+    (["out_of_office", "email_sent"], "active"),        # however many events lie between
+    (["status_set:out_of_office"], "active"),           # a manual out-of-office too
+    (["status_set:paused"], "paused"),                  # only an out-of-office contact is woken
+    (["bounced"], "bounced"),
+    ([], "active"),
+    (["out_of_office", "opted_out"], "opted_out"),      # opted_out is left only by hand (§7.12)
+])
+def test_with_continue_a_reply_wakes_an_out_of_office_contact(before, expected):
+    """Seed: "as soon as an Out of office contact responds ... Reply changes the contact's status based
+    on your sequence settings for handling replies - Mark person as finished or Continue sending emails"."""
+    ev = Ev()
+    ev("sequence_added")
+    ev("email_sent")
+    for step in before:
+        kind, _, value = step.partition(":")
+        ev(kind, value or None)
+    ev("replied", channel="email")
+    row, rejected = one(ev.rows, sequences=[CONTINUE])  # no auto resume: only the reply can wake it
+    assert rejected == []
+    assert (row["status"], row["replied"], row["can_receive_emails"]) == (expected, True, expected == "active")
+
+
+def test_with_continue_a_reply_before_the_out_of_office_wakes_nothing():
+    ev = Ev()
+    ev("sequence_added")
+    ev("replied", channel="email")
+    ev("out_of_office")
+    assert one(ev.rows, sequences=[CONTINUE])[0]["status"] == "out_of_office"
+
+
+def test_a_woken_contact_can_be_paused_by_hand():
+    """Manual changes see the woken status: active → paused is allowed, out_of_office → paused is not."""
+    ev = Ev()
+    ev("sequence_added")
+    ev("out_of_office")
+    ev("replied", channel="sms")
+    ev("status_set", "paused")
+    row, rejected = one(ev.rows, sequences=[CONTINUE])
+    assert rejected == [] and row["status"] == "paused"
+
+
 # ---------------------------------------------------------------------------
 # schema, example, scale
 

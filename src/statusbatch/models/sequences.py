@@ -522,7 +522,13 @@ def _episodes(s: _Stream) -> _Episodes:
 
 
 def _segment(s: _Stream, ep: _Episodes, blocks: np.ndarray, finish: np.ndarray) -> dict[str, np.ndarray]:
-    """What the system events of `blocks` (-1 = an empty segment) did: the `s_*` values."""
+    """What the system events of `blocks` (-1 = an empty segment) did: the `s_*` values.
+
+    With `reply_handling = continue`, a reply wakes an out-of-office contact (seed: the reply
+    setting decides, "continue sending emails"): after an `out_of_office` of the segment it makes
+    the segment's status `active`; in a segment with no status resetter, `s_wakes` tells the fold
+    to do the same to an out-of-office status carried in.
+    """
     empty = blocks < 0
     b = np.where(empty, 0, blocks)
     bits = np.where(empty, np.uint32(0), ep.block_bits[b])
@@ -530,13 +536,26 @@ def _segment(s: _Stream, ep: _Episodes, blocks: np.ndarray, finish: np.ndarray) 
     channel = np.where(empty, -1, ep.last_reply_channel[b])
     has_reset, has_channel = reset >= 0, channel >= 0
     r, c = np.where(has_reset, reset, 0), np.where(has_channel, channel, 0)
+    status = np.where(has_reset, _RESET[s.code[r] >> 2], _NO_STATUS).astype(np.uint8)
+    status_at = np.where(has_reset, s.t(r), 0).astype(np.int64)
+    woken = np.where(empty | finish, -1, ep.last_replied[b])
+    wakes = woken > reset
+    resumed = wakes & (status == OUT_OF_OFFICE)
     return {
         "s_optout": (bits & _BIT[T_OPT_OUT]) != 0,
-        "s_status": np.where(has_reset, _RESET[s.code[r] >> 2], _NO_STATUS).astype(np.uint8),
-        "s_status_at": np.where(has_reset, s.t(r), 0).astype(np.int64),
+        "s_status": np.where(resumed, ACTIVE, status).astype(np.uint8),
+        "s_status_at": np.where(resumed, s.t(np.maximum(woken, 0)), status_at).astype(np.int64),
+        "s_wakes": wakes & ~has_reset,
         "s_replied_by": np.where(has_channel, s.code[c] & 3, 0).astype(np.uint8),
         **{f"s_{f}": (bits & _BIT[ty]) != 0 for f, ty in _SEGMENT_FLAGS.items()},
     }
+
+
+def _folded(carried: np.ndarray, optout: np.ndarray, s_status: np.ndarray, wakes: np.ndarray) -> np.ndarray:
+    """The status after a segment, from the one carried into it: opted_out is sticky (§7.12), then
+    the segment's last resetter, then a continue-reply waking an out-of-office contact."""
+    woken = np.where(wakes & (carried == OUT_OF_OFFICE), ACTIVE, carried)
+    return np.where((carried == OPTED_OUT) | optout, OPTED_OUT, np.where(s_status != _NO_STATUS, s_status, woken))
 
 
 # ----------------------------------------------------------------------------
@@ -624,7 +643,7 @@ def _apply_manual(manual: dict[str, np.ndarray], resume_us: int) -> dict[str, np
         # fold in the system events since the previous manual change
         optout = s_optout[sl]
         sstat = s_status[sl]
-        raw = np.where((st["status"] == OPTED_OUT) | optout, OPTED_OUT, np.where(sstat != _NO_STATUS, sstat, st["status"]))
+        raw = _folded(st["status"], optout, sstat, col["s_wakes"][sl])
         since = np.where(sstat != _NO_STATUS, s_status_at[sl], st["since"])
         x = col["x"][sl]
         eff = raw
@@ -741,7 +760,7 @@ def _final_state(
 
     status, since = after_manual("status", ACTIVE), after_manual("since", 0)
     s_status = seg["s_status"]
-    raw = np.where((status == OPTED_OUT) | seg["s_optout"], OPTED_OUT, np.where(s_status != _NO_STATUS, s_status, status))
+    raw = _folded(status, seg["s_optout"], s_status, seg["s_wakes"])
     since = np.where(s_status != _NO_STATUS, seg["s_status_at"], since)
     eff = raw
     if resume_us > 0:
