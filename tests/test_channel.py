@@ -253,6 +253,22 @@ def test_archive_candidates_dormancy_boundary_and_statuses():
     assert got["n_plus_1"]["last_seen_on"] == run_date - timedelta(days=366)
 
 
+def test_never_seen_people_are_dormant_from_their_created_at_instant():
+    """§3.4 with §7.2: `created_at` is an instant, so "more than N days before T" is N × 24 h, not a
+    difference of dates (`days_dormant` is whole days, §4, so it may read exactly N)."""
+    n = timedelta(days=365)
+    people = [
+        person("over", None, created_at=T - n - timedelta(microseconds=1)),
+        person("exactly", None, created_at=T - n),
+        person("same_day_later", None, created_at=datetime.combine(T.date() - n, datetime.min.time(), UTC)),
+    ]
+    got = candidates(people, [])
+    assert {p: (r["candidate"], r["days_dormant"]) for p, r in got.items()} == {
+        "over": ("archive", 365),
+        "same_day_later": ("archive", 365),
+    }
+
+
 def test_delete_candidates_clock_starts_at_spell_start():
     people = [person(p, date(2020, 1, 1)) for p in ("old", "boundary", "just_over", "rearchived", "in_study", "restored")]
     n = 90

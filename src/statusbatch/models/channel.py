@@ -303,8 +303,10 @@ def archival_candidates(
     """People to archive (dormant) or delete (archived long enough), for the cleanup workflow.
 
     * `days_dormant` = as_of date − (last_seen_on, or created_at's date when never
-      seen), whole days; `archive` when `days_dormant > dormant_after_days` and
-      the person is neither archived nor deleted.
+      seen), whole days (§4); `archive` when the person is neither archived nor
+      deleted and dormant: `days_dormant > dormant_after_days` for a `last_seen_on`
+      (a date), and for someone never seen a `created_at` more than
+      `dormant_after_days` × 24 h before T (an instant, §7.2).
     * `delete` when the status is archived and the current archived spell began
       more than `delete_after_archived_days` × 24 h before T (strictly).
     * People in `active_in_study_people` are never candidates.
@@ -314,8 +316,13 @@ def archival_candidates(
     status = pl.col("status")
     days = (pl.lit(run_date, pl.Date) - seen).dt.total_days().cast(pl.Int64)
     delete_before = as_of - timedelta(days=delete_after_archived_days)
+    dormant = (
+        pl.when(pl.col("last_seen_on").is_not_null())
+        .then(days > dormant_after_days)
+        .otherwise(pl.col("created_at") < as_of - timedelta(days=dormant_after_days))
+    )
     candidate = (
-        pl.when(~status.is_in(["archived", "deleted"]) & (days > dormant_after_days))
+        pl.when(~status.is_in(["archived", "deleted"]) & dormant)
         .then(pl.lit("archive", ArchivalCandidate))
         .when((status == "archived") & (pl.col("archived_at") < delete_before))
         .then(pl.lit("delete", ArchivalCandidate))
