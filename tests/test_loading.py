@@ -75,12 +75,12 @@ EXPECTED_REJECTED = {
     ("studies", 2): ("kind", ["podcast"]),
     ("studies", 3): ("participation_limit", ["many"]),
     ("studies", 4): ("study_id", ["duplicate"]),
-    ("participants", 2): ("person_id", ["p4"]),  # person rejected: participant rejected too
-    ("participants", 3): ("study_id", ["S9"]),
+    ("participants", 2): ("person_id", ["person 'p4' is a rejected row"]),  # participant of a rejected person
+    ("participants", 3): ("study_id", ["unknown study 'S9'"]),
     ("participants", 4): ("participant_status", ["maybe"]),  # code before reference/duplicate
     ("participants", 5): ("added_at", ["missing"]),  # required before code
     ("participants", 6): ("study_id", ["duplicate"]),
-    ("participants", 7): ("study_id", ["S2"]),  # study S2 was rejected
+    ("participants", 7): ("study_id", ["study 'S2' is a rejected row"]),
     ("participants", 8): ("status_updated_at", ["2026-01-0x"]),
     ("events", 3): ("event_id", ["duplicate"]),
     ("events", 4): ("study_id", ["study_id"]),
@@ -90,11 +90,11 @@ EXPECTED_REJECTED = {
     ("events", 8): ("value", ["2026-13-01"]),
     ("events", 9): ("event_type", ["frobbed"]),
     ("events", 10): ("event_type", ["frobbed"]),  # code before the unknown person
-    ("events", 11): ("person_id", ["px"]),
-    ("events", 12): ("person_id", ["p4"]),  # person rejected
+    ("events", 11): ("person_id", ["unknown person 'px'"]),
+    ("events", 12): ("person_id", ["person 'p4' is a rejected row"]),
     ("events", 13): ("event_id", ["missing"]),
     ("events", 14): ("occurred_at", ["not-a-time"]),
-    ("events", 15): ("study_id", ["S2"]),  # a person-scoped event naming a rejected study
+    ("events", 15): ("study_id", ["study 'S2' is a rejected row"]),  # a person-scoped event
     ("events", 16): ("sequence_id", ["sequence_id"]),
     ("events", 17): ("channel", ["fax"]),
     ("events", 18): ("value", ["value"]),

@@ -185,6 +185,13 @@ class Workspace:
         )
 
 
+def _keys_in_file(raw: pl.DataFrame, name: str) -> pl.Series:
+    """The distinct non-empty keys of a table's file, as text."""
+    (key,) = input_table(name).key
+    values = raw.get_column(key).cast(pl.String)
+    return values.filter(values.str.len_bytes() > 0).unique()
+
+
 def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     """Read and check every table but the events; plan ranges of about `events_per_range` events (0: one range).
 
@@ -198,6 +205,8 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
         name: read_table_file(path, input_table(name)) for name, path in files.items() if path is not None and name != "events"
     }
 
+    # the keys as the files hold them: a reference to a rejected row is told from one to nothing
+    in_file = {name: _keys_in_file(raws[name], name) for name in ("people", "studies")}
     results: dict[str, Quarantined] = {}
     people_table = input_table("people")
     results["people"] = _with_typed_properties(
@@ -207,12 +216,15 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
     results["studies"] = quarantine(raws["studies"], input_table("studies"))
     person_ids = results["people"].accepted.get_column("person_id")
     study_ids = results["studies"].accepted.get_column("study_id")
+    rejected_people, rejected_studies = (
+        in_file[name].filter(~in_file[name].is_in(ids.implode())) for name, ids in (("people", person_ids), ("studies", study_ids))
+    )
     results["participants"] = quarantine(
         raws["participants"],
         input_table("participants"),
         reference_checks=[
-            reference_check("study_id", study_ids, "study"),
-            reference_check("person_id", person_ids, "person"),
+            reference_check("study_id", study_ids, "study", rejected_studies),
+            reference_check("person_id", person_ids, "person", rejected_people),
         ],
     )
     if "sequences" in raws:
@@ -236,8 +248,8 @@ def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:
             extra_code_checks=event_code_checks(),
             codes_where=event_code_values(),
             reference_checks=[
-                reference_check("person_id", own_people.get_column("person_id"), "person"),
-                reference_check("study_id", study_ids, "study"),
+                reference_check("person_id", own_people.get_column("person_id"), "person", rejected_people),
+                reference_check("study_id", study_ids, "study", rejected_studies),
                 participant_reference_check(own_participants),
             ],
             exact_duplicates_allowed=True,

@@ -71,10 +71,14 @@ _LOOKUP_LIMIT = 250_000
 thread; beyond it a join (parallel) is faster: 10M people took 5 s by `is_in`, 1.8 s by join."""
 
 
-def reference_check(column: str, known: pl.Series, what: str) -> Check:
-    """`column`, when not null, must name an accepted row of another table."""
+def reference_check(column: str, known: pl.Series, what: str, rejected: pl.Series | None = None) -> Check:
+    """`column`, when not null, must name an accepted row of another table; one of its `rejected`
+    keys (in that table's file, but a bad row there) is said to be so, not unknown."""
     value = typed(column)
     problem = pl.format("unknown {} '{}'", pl.lit(what), value)
+    if rejected is not None and rejected.len():
+        refused = pl.format("{} '{}' is a rejected row of its file (see rejected_rows)", pl.lit(what), value)
+        problem = pl.when(value.is_in(rejected.implode())).then(refused).otherwise(problem)
     if known.len() <= _LOOKUP_LIMIT:
         return Check(column, value.is_not_null() & ~value.is_in(known.implode()), problem)
     known_keys = known.rename(column).to_frame()
