@@ -605,3 +605,18 @@ def test_empty_text_in_a_parquet_file_is_an_empty_cell(ws):
         ("p1", "S", "active", False, None)
     ]
     assert ws.query("select person_id from contact_status order by 1") == [("p1",), ("p3",)]
+
+
+def test_blank_lines_of_a_csv_file_are_no_rows(ws):
+    """A blank line (a trailing one is a common export artefact) holds no value: it is neither read
+    nor rejected, and the rows after it keep their place in the file's numbering."""
+    ws.write(people=[person("p1"), person("p2")], events=[event("e1", "p1", "2026-03-01T00:00:00Z", "opted_out")])
+    people = (ws.input / "people.csv").read_text().splitlines()
+    (ws.input / "people.csv").write_text("\r\n".join([people[0], people[1], "", people[2], ",,,", ""]) + "\r\n\r\n")
+    (ws.input / "events.csv").write_text((ws.input / "events.csv").read_text() + "\n\ne2,px,2026-03-01T00:00:00Z,opted_out\n\n")
+    ws.run()
+    assert ws.query("select source_table, rows_read, rows_rejected from run_inputs order by 1") == [
+        ("events", 2, 1), ("participants", 0, 0), ("people", 2, 0), ("studies", 0, 0)
+    ]
+    assert ws.query("select source_table, row_number from rejected_rows") == [("events", 4)]
+    assert ws.query("select person_id from contact_status order by 1") == [("p1",), ("p2",)]

@@ -328,6 +328,12 @@ def quarantine(
     """
     numbered = raw if ROW in raw.columns else raw.with_row_index(ROW, offset=1)
     raw_columns = [c for c in raw.columns if c != ROW]
+    blank = pl.all_horizontal(pl.col(raw_columns).is_null())
+    # null counts are kept with the columns: a file with a column never null has no blank record
+    if raw_columns and all(numbered[c].null_count() for c in raw_columns) and numbered.select(blank.any()).item():
+        # a record with no value at all (a blank line of a CSV file) is no row: neither read nor
+        # rejected; the rows after it keep their numbers
+        numbered = numbered.filter(~blank)
     raw_schema = pl.Schema({name: raw.schema[name] for name in raw_columns})
     frame = numbered.with_columns(
         pl.col(ROW).cast(pl.Int64),
