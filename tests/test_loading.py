@@ -351,6 +351,30 @@ def test_people_property_columns_are_kept_and_typed(ws):
     ]
 
 
+def test_nan_in_a_number_property_is_a_missing_value(ws):
+    """NaN (how pandas writes a missing float, in CSV or Parquet) must not compare greater than every
+    age: `age > 90` once matched every person without an age."""
+    ws.write(
+        '[[do_not_contact]]\nname = "elderly"\nwhen = "age > 90"\n\n'
+        '[[do_not_contact]]\nname = "no_age"\nwhen = "age is null"\n',
+        people=[person("p1", age="95"), person("p2", age="NaN"), person("p3", age="40"), person("p4", age="inf")],
+    )
+    ws.run()
+    as_csv = ws.query("select person_id, reason from contact_status where contact_status = 'do_not_contact' order by 1")
+    (ws.input / "people.csv").unlink()
+    pl.DataFrame(
+        {"person_id": ["p1", "p2", "p3", "p4"], "created_at": [datetime(2026, 1, 1)] * 4,
+         "age": [95.0, float("nan"), 40.0, float("inf")]}
+    ).write_parquet(ws.input / "people.parquet")
+    ws.run()
+    as_parquet = ws.query("select person_id, reason from contact_status where contact_status = 'do_not_contact' order by 1")
+    assert as_csv == as_parquet == [
+        ("p1", "do-not-contact rule 'elderly'"),
+        ("p2", "do-not-contact rule 'no_age'"),
+        ("p4", "do-not-contact rule 'elderly'"),
+    ]
+
+
 def test_as_of_column_is_the_run_date(ws):
     ws.write(people=[person("p1")])
     ws.run(as_of="2026-03-15T10:00:00Z")

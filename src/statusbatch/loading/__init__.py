@@ -95,7 +95,12 @@ def _with_typed_properties(people: Quarantined, table: InputTable) -> Quarantine
 
 
 def _inferred(name: str, values: pl.Series) -> pl.Expr:
+    """A property column typed over its values. NaN ("not a number", how pandas writes a missing
+    float) is a missing value: as a number it would compare greater than every other, so a rule
+    `age > 90` would match every person without an age."""
     column = pl.col(name)
+    if values.dtype.is_float():
+        return column.fill_nan(None)
     if values.dtype != pl.String:
         return column
     present = values.drop_nulls()
@@ -107,7 +112,7 @@ def _inferred(name: str, values: pl.Series) -> pl.Expr:
     if _holds_for_every(present, text.str.to_integer(strict=False).is_not_null()):
         return column.str.strip_chars().str.to_integer()
     if _holds_for_every(present, text.cast(pl.Float64, strict=False).is_not_null()):
-        return column.str.strip_chars().cast(pl.Float64)
+        return column.str.strip_chars().cast(pl.Float64).fill_nan(None)
     return column
 
 
