@@ -131,16 +131,18 @@ def history_and_violations(
     studies: pl.LazyFrame,
     config: JobConfig,
     as_of: datetime,
+    first_facts: pl.LazyFrame | None = None,
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """contact_status_history and governance_violations, both read from the component timelines;
-    exact too for observations dated before their participant was added (`revealed`)."""
+    exact too for observations dated before their participant was added (`revealed`). With
+    `first_facts` (`history.first_facts`) a history starts at a first fact of any kind."""
 
     def audit(people: pl.LazyFrame, events: pl.LazyFrame, observations: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         timelines = history.component_timelines(
             people, events, observations, studies, config.cooldown, config.blocklist.no_show_threshold
         ).materialized()
         return (
-            history.contact_status_history(people, timelines, as_of),
+            history.contact_status_history(people, timelines, as_of, first_facts),
             governance.governance_violations(events, observations, timelines, config.cooldown, as_of),
         )
 
@@ -157,12 +159,7 @@ def range_tables(
     messaging_events = facts.events_as_of(inputs.event_logs["messaging"].lazy(), inputs.people.lazy(), t)
     first_facts = history.first_facts(list(inputs.event_logs.values()), observations, t)
     status_history, violations = history_and_violations(
-        _once(people.join(first_facts, on="person_id", how="left")),
-        research_events,
-        observations,
-        inputs.studies.lazy(),
-        config,
-        t,
+        people, research_events, observations, inputs.studies.lazy(), config, t, _once(first_facts)
     )
     # the machine reads the whole log (it applies T itself, so no filtered copy of 11M events);
     # the pairs of people not yet created are dropped from its results

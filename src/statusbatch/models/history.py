@@ -384,17 +384,23 @@ def _earliest_per_person(log: pl.DataFrame) -> pl.LazyFrame:
     return log.filter(starts).lazy()
 
 
-def contact_status_history(people: pl.LazyFrame, timelines: ComponentTimelines, as_of: datetime) -> pl.LazyFrame:
+def contact_status_history(
+    people: pl.LazyFrame, timelines: ComponentTimelines, as_of: datetime, first_facts: pl.LazyFrame | None = None
+) -> pl.LazyFrame:
     """person_id, contact_status, valid_from, valid_to: every interval of each person's status up to T.
 
     Change points are every fact, every spell end (cooldown ends, study
     openings and closings) and the person's `created_at`; a history starts at
     the earliest of `created_at`, the first fact that changes a component and
-    `first_fact_at` (`first_facts`, when `people` has it). Equal neighbours
+    the first fact of any kind (`first_facts`, when given). Equal neighbours
     merge; the current interval has a null `valid_to`.
     """
-    starts = ["created_at", *(["first_fact_at"] if "first_fact_at" in people.collect_schema() else [])]
-    directory = people.select("person_id", *starts).collect()
+    directory = people.select("person_id", "created_at")
+    starts = ["created_at"]
+    if first_facts is not None:
+        directory = directory.join(first_facts, on="person_id", how="left", maintain_order="left")
+        starts.append("first_fact_at")
+    directory = directory.collect()
     ids = directory.get_column("person_id").rechunk()  # gathers from one chunk are fast
     created = directory.lazy().select(
         timelines.person_key.alias("person_key"),
