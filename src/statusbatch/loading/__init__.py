@@ -196,7 +196,8 @@ def _rejected_keys(raw: pl.DataFrame, checked: Quarantined, accepted: pl.Series)
     seconds to build at 10M people."""
     rows = checked.rejected.get_column("row_number") - 1
     candidates = raw.get_column(accepted.name).gather(rows).cast(pl.String).drop_nulls().unique()
-    return candidates.filter(~candidates.is_in(accepted.filter(accepted.is_in(candidates.implode())).implode()))
+    also_accepted = accepted.filter(accepted.is_in(candidates.implode()))  # a set of the few candidates
+    return candidates.filter(~candidates.is_in(also_accepted.implode()))
 
 
 def open_workspace(input_dir: Path, events_per_range: int = 0) -> Workspace:

@@ -60,7 +60,7 @@ def scan_table_file(path: Path, table: InputTable, row_index: str | None = None)
         columns = [name for name in scan.collect_schema().names() if name != row_index]
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
         raise _unreadable(path, exc) from exc
-    _check_required_columns(path, table, columns)
+    _check_header(path, table, columns)
     return scan
 
 
@@ -78,7 +78,7 @@ def read_table_file(path: Path, table: InputTable) -> pl.DataFrame:
         frame = pl.read_parquet(path) if path.name.endswith(".parquet") else pl.read_csv(path, **_CSV)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
         raise _unreadable(path, exc) from exc
-    _check_required_columns(path, table, frame.columns)
+    _check_header(path, table, frame.columns)
     return frame
 
 
@@ -86,7 +86,7 @@ _DUPLICATE = re.compile(r"^(?P<name>.+)_duplicated_\d+$")
 """How Polars renames a CSV column whose name the header already had."""
 
 
-def _check_required_columns(path: Path, table: InputTable, columns: list[str]) -> None:
+def _check_header(path: Path, table: InputTable, columns: list[str]) -> None:
     """The header: not empty, no name twice (columns are found by name, §1), every required column."""
     if not columns:
         raise InputError(f"{path}: empty file (no header row)")
