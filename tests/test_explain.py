@@ -44,6 +44,28 @@ def test_rich_report_names_the_deciding_facts(db):
         assert table in out
 
 
+def test_the_terminal_report_shows_text_as_stored_never_as_markup(tmp_path):
+    """Ids and reasons are data: `[/]` once crashed the report, `[bold]` vanished, `[m3]` left a
+    panel without its person."""
+    ws = Workspace(tmp_path / "ws").write(
+        people=[person("[m3]"), person("m2")],
+        events=[
+            event("e1", "[m3]", "2026-03-01T00:00:00.250Z", "cooldown_set", value="2026-04-01"),
+            event("[e2]", "m2", "2026-03-01T00:00:00Z", "opted_out", reason="[bold]legal[/bold] see [/] ticket"),
+        ],
+    )
+    ws.run(as_of="2026-03-05")
+    for person_id, shown in (
+        ("[m3]", ["[m3] — in_cooldown (as of 2026-03-05)", "2026-03-01 00:00:00.250000Z"]),
+        ("m2", ["[bold]legal[/bold] see [/] ticket", "[e2]"]),
+    ):
+        result = explain("--db", str(ws.db), person_id)
+        assert result.exit_code == 0, result.output
+        flat = "".join(result.output.split())  # table cells may fold long text over lines
+        for text in shown:
+            assert "".join(text.split()) in flat, (text, result.output)
+
+
 def test_refused_changes_are_part_of_why(db):
     """A manual change that was refused explains why a status is not what someone set."""
     doc = json.loads(explain("--db", str(db), "--json", "p1").output)

@@ -163,7 +163,7 @@ def _text(value: Any) -> str:
     if value is None:
         return "—"
     if isinstance(value, datetime):
-        return value.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds") + "Z"
+        return value.replace(tzinfo=None).isoformat(sep=" ") + "Z"
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, bool):
@@ -211,7 +211,7 @@ def _table(title: str, rows: list[dict[str, Any]], hidden: tuple[str, ...] = ("a
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*[_text(row[c]) for c in columns])
+        table.add_row(*[Text(_text(row[c])) for c in columns])  # Text: values are data, never Rich markup
     return table
 
 
@@ -223,8 +223,8 @@ def render_report(report: PersonReport) -> RenderableType:
     summary.add_column(overflow="fold")
     for column, value in status.items():
         if column not in ("as_of", "person_id"):
-            summary.add_row(column, _text(value))
-    title = f"{report.person_id} — {status['contact_status']} (as of {report.as_of.isoformat()})"
+            summary.add_row(column, Text(_text(value)))
+    title = Text(f"{report.person_id} — {status['contact_status']} (as of {report.as_of.isoformat()})")
     parts: list[RenderableType] = [
         Panel(summary, title=title, title_align="left"),
         Panel(Text("\n".join(f"• {line}" for line in report.decided_by)), title="decided by", title_align="left"),
