@@ -154,3 +154,27 @@ def test_runs_in_any_order_log_the_changes_of_runs_in_date_order(tmp_path):
         ordered.run(as_of=day)
     assert table(shuffled, "status_changes") == table(ordered, "status_changes")
     assert len(table(ordered, "status_changes")) > len(PEOPLE), "the days should see status changes"
+
+
+@pytest.mark.parametrize(
+    "exports",
+    [
+        # p2 leaves the export: the later day must not log p2, who is not in its run
+        {"2026-03-01": "both", "2026-03-05": "p1 only", "2026-03-03": "p1 only"},
+        # p2 is absent only from the re-run day's export: the later day keeps p2's earlier status
+        {"2026-03-01": "both", "2026-03-05": "both", "2026-03-03": "p1 only"},
+    ],
+)
+def test_re_running_an_older_day_with_another_export_logs_as_days_run_oldest_first(tmp_path, exports):
+    people = {"both": [person("p1"), person("p2")], "p1 only": [person("p1")]}
+    events = [event("e1", "p2", "2026-02-01T00:00:00Z", "opted_out")]
+    inputs = {}
+    for name, rows in people.items():
+        inputs[name] = Workspace(tmp_path / name.replace(" ", "_")).write(people=rows, events=events).input
+    shuffled, ordered = Workspace(tmp_path / "shuffled").write(KEEP_ALL), Workspace(tmp_path / "ordered").write(KEEP_ALL)
+    for day, export in exports.items():
+        shuffled.run("--input", str(inputs[export]), as_of=day)
+    for day, export in sorted(exports.items()):
+        ordered.run("--input", str(inputs[export]), as_of=day)
+    log = "select as_of, person_id, previous_status, contact_status from status_changes order by 1, 2"
+    assert shuffled.query(log) == ordered.query(log)

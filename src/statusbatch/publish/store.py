@@ -274,8 +274,17 @@ def _note_following(con: duckdb.DuckDBPyConnection, as_of: date, tables: dict[st
     if "status_changes" not in tables:
         return None
     following = published_after(con, as_of)
-    if following is not None:
-        con.execute(f'CREATE TEMP TABLE "{_FOLLOWING}" AS {_logged_statuses("as_of <= ?")}', [following])
+    if following is None:
+        return None
+    # only the people of that day's run, when its slice is kept: the log holds no absences
+    kept = "contact_status" in tables and con.execute(
+        "SELECT count(*) > 0 FROM contact_status WHERE as_of = ?", [following]
+    ).fetchall()[0][0]
+    present = " WHERE person_id IN (SELECT person_id FROM contact_status WHERE as_of = ?)" if kept else ""
+    con.execute(
+        f'CREATE TEMP TABLE "{_FOLLOWING}" AS SELECT * FROM ({_logged_statuses("as_of <= ?")}){present}',
+        [following, following] if kept else [following],
+    )
     return following
 
 
@@ -287,11 +296,15 @@ def _revise_following(con: duckdb.DuckDBPyConnection, as_of: date, following: da
     rows are validated like every table and replace the old ones in this
     run's transaction.
     """
+    # a person this run does not have keeps, for the next day, the status logged before this day,
+    # as when the days are run oldest first
+    previous = "coalesce(c.contact_status, b.contact_status)"
     revised = con.sql(
-        f"SELECT ?::DATE AS as_of, f.person_id, c.contact_status AS previous_status, f.contact_status "
+        f"SELECT ?::DATE AS as_of, f.person_id, {previous} AS previous_status, f.contact_status "
         f'FROM "{_FOLLOWING}" f LEFT JOIN contact_status c ON c.as_of = ? AND c.person_id = f.person_id '
-        "WHERE c.contact_status IS DISTINCT FROM f.contact_status ORDER BY f.person_id",
-        params=[following, as_of],
+        f"LEFT JOIN ({_logged_statuses('as_of < ?')}) b ON b.person_id = f.person_id "
+        f"WHERE {previous} IS DISTINCT FROM f.contact_status ORDER BY f.person_id",
+        params=[following, as_of, as_of],
     ).pl()
     validate_tables({"status_changes": revised})
     _clear(con, "status_changes", "as_of = ?", [following])
