@@ -66,6 +66,32 @@ def test_the_terminal_report_shows_text_as_stored_never_as_markup(tmp_path):
             assert "".join(text.split()) in flat, (text, result.output)
 
 
+def test_a_history_rebuilt_by_an_older_day_says_where_it_ends(tmp_path):
+    """§4: each run replaces the history with its own up to its T, so after re-running an older day
+    the history ends there; the report of a later as_of says so instead of passing off the history's
+    last interval as current."""
+    ws = Workspace(tmp_path / "ws").write(
+        "[retention]\nkeep_as_of = 0\n",
+        people=[person("y3")],
+        events=[
+            event("e1", "y3", "2026-03-01T00:00:00Z", "opted_out"),
+            event("e2", "y3", "2026-03-25T00:00:00Z", "opt_out_revoked"),
+        ],
+    )
+    ws.run(as_of="2026-03-31")
+    fresh = explain("--db", str(ws.db), "y3")
+    assert fresh.exit_code == 0 and "last rebuilt" not in fresh.output
+    assert json.loads(explain("--db", str(ws.db), "--json", "y3").output)["contact_status_history_ends"] is None
+    ws.run(as_of="2026-03-10")
+    stale = explain("--db", str(ws.db), "y3")
+    assert stale.exit_code == 0, stale.output
+    assert "free_to_contact (as of 2026-03-31)" in stale.output
+    assert "contact_status_history was last rebuilt by the run as of 2026-03-10" in " ".join(stale.output.split())
+    doc = json.loads(explain("--db", str(ws.db), "--json", "y3").output)
+    assert doc["contact_status_history_ends"] == "2026-03-10"
+    assert doc["contact_status_history"][-1]["contact_status"] == "opted_out"
+
+
 def test_refused_changes_are_part_of_why(db):
     """A manual change that was refused explains why a status is not what someone set."""
     doc = json.loads(explain("--db", str(db), "--json", "p1").output)

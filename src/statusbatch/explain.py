@@ -57,6 +57,14 @@ class PersonReport:
     missing: tuple[str, ...] = ()
     """Tables the report would show that this database does not have (yet)."""
 
+    @property
+    def history_ends_before(self) -> date | None:
+        """The T of the run that last rebuilt the history, when earlier than this report's as_of: each
+        run replaces the history with its own up to its T (SPEC §4), so after a re-run of an older day
+        the history knows nothing after it."""
+        built = max((row["as_of"] for row in self.history if row.get("as_of") is not None), default=None)
+        return built if built is not None and built < self.as_of else None
+
 
 def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {name for (name,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}  # noqa: rows-ok (one row per table)
@@ -195,6 +203,7 @@ def report_document(report: PersonReport) -> dict[str, Any]:
             "decided_by": report.decided_by,
             **report.sections,
             "contact_status_history": report.history,
+            "contact_status_history_ends": report.history_ends_before,
             "status_changes": report.status_changes,
             "missing_tables": list(report.missing),
         }
@@ -240,5 +249,13 @@ def render_report(report: PersonReport) -> RenderableType:
         parts.append(Text("no rows in: " + ", ".join(empty), style="dim"))
     if report.missing:
         parts.append(Text("not in this database: " + ", ".join(report.missing), style="dim"))
+    if report.history_ends_before is not None:
+        parts.append(
+            Text(
+                f"contact_status_history was last rebuilt by the run as of {report.history_ends_before.isoformat()}:"
+                " it ends there, and its last interval is the current one only as of that day",
+                style="yellow",
+            )
+        )
     return Group(*parts)
 
