@@ -357,6 +357,23 @@ def test_parquet_option_writes_every_table_as_parquet(ws, tmp_path):
     assert frame.filter(pl.col("person_id") == "p3")["contact_status"].to_list() == ["active_in_study"]
 
 
+def test_a_failed_parquet_copy_replaces_no_file_and_says_the_database_was_published(ws, tmp_path):
+    """The copies are staged and their places checked before any is replaced: a failure leaves every
+    file of the previous run, never some tables of one day and some of another."""
+    pq = tmp_path / "pq"
+    basic(ws).run("--parquet", str(pq), as_of="2026-03-30")
+    (pq / "cooldowns.parquet").unlink()
+    (pq / "cooldowns.parquet").mkdir()
+    result = ws.run("--parquet", str(pq), as_of="2026-03-31", check=False)
+    assert result.exit_code == 1, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "is published in the database" in last and "no Parquet copy was replaced" in last, last
+    assert ws.query("select as_of, outcome from runs order by 1") == [(date(2026, 3, 30), "success"), (date(2026, 3, 31), "success")]
+    for name in ("channel_status", "contact_status", "status_changes"):
+        assert pl.read_parquet(pq / f"{name}.parquet").get_column("as_of").unique().to_list() == [date(2026, 3, 30)]
+    assert not list(pq.glob(".*.tmp"))
+
+
 def test_parquet_directory_may_have_a_quote_in_its_name(ws, tmp_path):
     basic(ws).run("--parquet", str(tmp_path / "o'brien's exports"))
     assert pl.read_parquet(tmp_path / "o'brien's exports" / "contact_status.parquet").height == 3

@@ -19,7 +19,7 @@ from statusbatch.engine import ENGINE
 from statusbatch.loading import EventsShare, InputError, ModelInputs, Workspace, open_workspace
 from statusbatch.models import channel, contact, facts, governance, history, participants, revealed, sequences
 from statusbatch.progress import Reporter
-from statusbatch.publish.parquet import export_parquet
+from statusbatch.publish.parquet import ParquetCopyError, export_parquet
 from statusbatch.publish.store import Publication, RunRecord, open_database, previous_statuses, record_run
 from statusbatch.validation import validate_tables
 
@@ -372,7 +372,13 @@ def run_prepared(
         writer.close()
         if config.job.parquet is not None:
             with reporter.stage("parquet"):
-                export_parquet(con, sorted({*rows, "runs"}), config.job.parquet)
+                try:
+                    export_parquet(con, sorted({*rows, "runs"}), config.job.parquet)
+                except ParquetCopyError as exc:
+                    raise RunFailed(
+                        f"as_of {as_of.day} is published in the database (run {run_id}), "
+                        f"but its Parquet copy in {config.job.parquet} failed: {exc}"
+                    ) from exc
     reporter.log(
         "read "
         + ", ".join(
