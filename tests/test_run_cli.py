@@ -167,6 +167,26 @@ def test_missing_job_file_and_bad_as_of_exit_2(ws):
 # --- a failed run ------------------------------------------------------------------------------
 
 
+def test_an_interrupted_run_is_recorded_as_failed_and_writes_nothing_else(ws, monkeypatch):
+    basic(ws).run(as_of="2026-03-30")
+    before = digest_tables(ws)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(contact_model, "contact_status", interrupted)
+    result = ws.run(as_of="2026-03-31", check=False)
+    assert result.exit_code != 0
+    assert ws.query("select as_of, outcome, error from runs order by started_at") == [
+        (date(2026, 3, 30), "success", None), (date(2026, 3, 31), "failed", "interrupted")
+    ]
+    assert digest_tables(ws) == before
+
+
+def digest_tables(ws) -> dict[str, list[tuple]]:
+    return {t: ws.query(f"select * from {t} order by all") for t in ("contact_status", "cooldowns", "status_changes")}
+
+
 def _breaking_contact_status(monkeypatch):
     real = contact_model.contact_status
 

@@ -366,6 +366,8 @@ def run_prepared(
             publication.rollback()
             if isinstance(exc, (InputError, _Failed)):
                 record_run(con, record("failed", exc.recorded if isinstance(exc, _Failed) else str(exc)))
+            elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C: a failed run too (§5), nothing else written
+                record_run(con, record("failed", "interrupted"))
             if isinstance(exc, _Failed):
                 raise RunFailed(str(exc)) from exc
             raise
